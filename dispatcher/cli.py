@@ -1,0 +1,128 @@
+"""The `dispatcher` command: argument parsing and printing only."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import click
+import uvloop
+
+from dispatcher import __version__, migrate
+from dispatcher.errors import DispatcherError
+from dispatcher.settings import Settings, load_settings
+
+
+@dataclass
+class Context:
+    config: str | None
+    database_url: str | None
+    _settings: Settings | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        if self._settings is None or overrides:
+            self._settings = load_settings(
+                self.config, overrides={"database_url": self.database_url, **overrides}
+            )
+        return self._settings
+
+    def dsn(self, settings: Settings) -> str:
+        """Return the configured database URL, or start the embedded server and return its."""
+        if settings.database_url:
+            return settings.database_url
+        from dispatcher.embedded import start_embedded
+
+        return start_embedded(settings.state_dir)
+
+
+class Group(click.Group):
+    """Turn DispatcherError into one line on stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DispatcherError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except (OSError, asyncpg.PostgresError) as exc:
+            click.echo(f"error: database: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="webhook-dispatcher")
+@click.option(
+    "--config",
+    metavar="PATH",
+    help="TOML config file (default: $DISPATCHER_CONFIG; without it, defaults and environment).",
+)
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="PostgreSQL URL (default: $DISPATCHER_DATABASE_URL, else the embedded server).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: str | None, database_url: str | None) -> None:
+    """Deliver events published in PostgreSQL as signed webhooks."""
+    ctx.obj = Context(config=config, database_url=database_url)
+
+
+@main.command()
+@click.option(
+    "--no-migrate", is_flag=True, help="Refuse to start on an outdated schema instead of migrating."
+)
+@click.pass_obj
+def run(obj: Context, no_migrate: bool) -> None:
+    """Run the delivery daemon in the foreground until SIGTERM or SIGINT."""
+    from dispatcher.daemon import serve
+    from dispatcher.logs import configure_logging
+
+    settings = obj.settings(apply_migrations=False if no_migrate else None)
+    configure_logging(settings.log_level, settings.log_format)
+    dsn = obj.dsn(settings)
+    click.echo(f"database: {redact(dsn)}", err=True)
+    if not settings.database_url:
+        click.echo(f"  connect with: psql '{dsn}'", err=True)
+    uvloop.run(serve(settings, dsn))
+
+
+@main.command(name="migrate")
+@click.pass_obj
+def migrate_command(obj: Context) -> None:
+    """Apply pending schema migrations and exit."""
+    settings = obj.settings()
+    dsn = obj.dsn(settings)
+
+    async def go() -> list[migrate.Migration]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await migrate.apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(go())
+    if applied:
+        for m in applied:
+            click.echo(f"applied {m.version:03d}_{m.name}")
+    else:
+        click.echo("schema is up to date")
+
+
+@main.command(name="database-url")
+@click.pass_obj
+def database_url(obj: Context) -> None:
+    """Print the database URL in use (starting the embedded server if needed)."""
+    click.echo(obj.dsn(obj.settings()))
+
+
+def redact(dsn: str) -> str:
+    """Hide the password in a URL before printing it."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return dsn

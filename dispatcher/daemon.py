@@ -1,0 +1,168 @@
+"""Lifecycle of `dispatcher run`: start, run, stop in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import structlog
+
+from dispatcher import migrate, store
+from dispatcher.leasing import Leaser
+from dispatcher.listener import Listener
+from dispatcher.outcomes import Backoff, OutcomeWriter, describe
+from dispatcher.sender import Sender, create_session
+from dispatcher.settings import Settings
+
+log = structlog.get_logger("dispatcher.daemon")
+
+
+@dataclass
+class RunStats:
+    """What a run did, for tests and the exit log line."""
+
+    leased: int = 0
+    rejected_outcomes: int = 0
+    failed_task: str | None = None
+
+
+async def connect_pool(settings: Settings, dsn: str, stop: asyncio.Event) -> asyncpg.Pool | None:
+    """Open the pool, retrying with backoff while the database is down; None if stopped first."""
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            return await store.create_pool(dsn, settings.pool_max_size)
+        except store.TRANSIENT_DB_ERRORS as exc:
+            delay = backoff.next()
+            log.warning("database_unavailable", error=describe(exc), retry_in_s=delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+    return None
+
+
+async def serve(
+    settings: Settings,
+    dsn: str,
+    stop: asyncio.Event | None = None,
+    exit_when_idle: bool = False,
+    handle_signals: bool = True,
+) -> RunStats:
+    """Deliver until stopped (SIGTERM/SIGINT or `stop`), then drain and shut down in order."""
+    stop = stop or asyncio.Event()
+    stats = RunStats()
+    with _signals(stop) if handle_signals else contextlib.nullcontext():
+        pool = await connect_pool(settings, dsn, stop)
+        if pool is None:
+            return stats
+        try:
+            async with pool.acquire() as conn:
+                if settings.apply_migrations:
+                    applied = await migrate.apply_migrations(conn)
+                    if applied:
+                        log.info("migrations_applied", versions=[m.version for m in applied])
+                else:
+                    await migrate.check_migrations(conn)
+            session = create_session(settings)
+            try:
+                await _run(settings, dsn, pool, session, stop, exit_when_idle, stats)
+            finally:
+                await session.close()
+        finally:
+            await pool.close()
+    return stats
+
+
+async def _run(
+    settings: Settings,
+    dsn: str,
+    pool: asyncpg.Pool,
+    session: aiohttp.ClientSession,
+    stop: asyncio.Event,
+    exit_when_idle: bool,
+    stats: RunStats,
+) -> None:
+    leaser: Leaser | None = None
+
+    def retry_due() -> None:
+        if leaser is not None:
+            leaser.wake()
+
+    writer = OutcomeWriter(settings, pool, on_retry_due=retry_due)
+    leaser = Leaser(settings, pool, Sender(settings, session), writer)
+    listener = Listener(dsn, on_notify=leaser.wake)
+    stop_waiter = asyncio.create_task(stop.wait(), name="stop-waiter")
+    leasing = asyncio.create_task(leaser.run(stop, exit_when_idle), name="leaser")
+    side = [
+        asyncio.create_task(writer.run(), name="outcome-writer"),
+        asyncio.create_task(listener.run(), name="listener"),
+    ]
+    log.info(
+        "daemon_started",
+        max_in_flight=settings.max_in_flight,
+        per_endpoint_concurrency=settings.per_endpoint_concurrency,
+        pid=os.getpid(),
+    )
+    try:
+        done, _ = await asyncio.wait(
+            [stop_waiter, leasing, *side], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task in side or (task is leasing and task.exception() is not None):
+                # A side task never returns on its own: if it did, stop loudly, don't limp.
+                stats.failed_task = task.get_name()
+                exc = task.exception()
+                log.error(
+                    "task_died", task=task.get_name(), error=describe(exc) if exc else "returned"
+                )
+    finally:
+        log.info("stopping", in_flight=leaser.in_flight)
+        stop.set()
+        leaser.wake()
+        stop_waiter.cancel()
+        await asyncio.gather(leasing, return_exceptions=True)
+        await leaser.drain(settings.shutdown_grace_s)
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        try:
+            await writer.flush()
+        except store.TRANSIENT_DB_ERRORS as exc:
+            log.error(
+                "outcome_flush_failed",
+                count=len(writer),
+                error=describe(exc),
+                note="these deliveries are sent again when their leases expire",
+            )
+        stats.leased = leaser.leased_total
+        stats.rejected_outcomes = writer.rejected
+        log.info("stopped", leased=stats.leased)
+    if stats.failed_task:
+        raise SystemExit(f"internal task {stats.failed_task} died; see the log above")
+
+
+@contextlib.contextmanager
+def _signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set `stop`; a second signal exits at once. Handlers are restored after."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,114 @@
+"""Buffer attempt outcomes and write them in batches, one statement per batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+
+from dispatcher import store
+from dispatcher.retry import decide
+from dispatcher.sender import Outcome
+from dispatcher.settings import Settings
+from dispatcher.store import TRANSIENT_DB_ERRORS, LeasedDelivery, OutcomeRow
+
+log = structlog.get_logger("dispatcher.outcomes")
+
+
+class OutcomeWriter:
+    """Collect outcomes and flush them every flush interval, or sooner when the batch is full."""
+
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, on_retry_due: Callable[[], None]
+    ) -> None:
+        self._pool = pool
+        self._schedule = settings.retry_delays
+        self._interval = settings.flush_interval_s
+        self._max = settings.flush_max_outcomes
+        self._on_retry_due = on_retry_due
+        self._buffer: list[OutcomeRow] = []
+        self._arrived = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.rejected = 0
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def add(self, delivery: LeasedDelivery, outcome: Outcome) -> OutcomeRow:
+        status, retry_in_s = decide(outcome.ok, outcome.retryable, delivery.attempt, self._schedule)
+        row = OutcomeRow(
+            delivery_id=delivery.id,
+            lease_token=delivery.lease_token,
+            status=status,
+            retry_in_s=retry_in_s,
+            attempt=delivery.attempt,
+            started_at=outcome.started_at,
+            duration_ms=outcome.duration_ms,
+            response_status=outcome.response_status,
+            response_body=outcome.response_body,
+            response_truncated=outcome.response_truncated,
+            error_kind=outcome.error_kind,
+            error_message=outcome.error_message,
+        )
+        self._buffer.append(row)
+        self._arrived.set()
+        return row
+
+    async def run(self) -> None:
+        """Flush forever; the owner cancels this task and then calls flush() once more."""
+        backoff = Backoff()
+        while True:
+            await self._arrived.wait()
+            if len(self._buffer) < self._max:
+                await asyncio.sleep(self._interval)  # let a batch gather
+            try:
+                await self.flush()
+            except TRANSIENT_DB_ERRORS as exc:
+                delay = backoff.next()
+                log.warning(
+                    "outcome_write_failed",
+                    error=describe(exc),
+                    buffered=len(self._buffer),
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            else:
+                backoff.reset()
+
+    async def flush(self) -> None:
+        """Write everything buffered now; on a database error the batch stays buffered."""
+        async with self._lock:
+            while self._buffer:
+                batch = self._buffer[: self._max]
+                written = await store.record_outcomes(self._pool, batch)
+                del self._buffer[: len(batch)]
+                if written < len(batch):
+                    self.rejected += len(batch) - written
+                    log.warning("stale_outcomes_rejected", count=len(batch) - written)
+                if any(r.status == "pending" for r in batch):
+                    self._on_retry_due()
+            self._arrived.clear()
+
+
+class Backoff:
+    """Exponential backoff for reconnecting: 0.25 s doubling up to 10 s."""
+
+    def __init__(self, first: float = 0.25, cap: float = 10.0) -> None:
+        self._first = first
+        self._cap = cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._first
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

