@@ -113,9 +113,9 @@ def fast_settings(**overrides: Any) -> Settings:
     return load_settings(env={}, overrides=base)
 
 
-async def deliver_all(settings: Settings, dsn: str, timeout: float = 30.0) -> RunStats:
+async def deliver_all(settings: Settings, dsn: str, within_s: float = 30.0) -> RunStats:
     """Run the daemon in this loop until nothing is pending."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within_s):
         return await serve(settings, dsn, exit_when_idle=True, handle_signals=False)
 
 
@@ -142,10 +142,12 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     url: str = ""
     in_progress: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        self.changed.set()
         self.in_progress += 1
         try:
             return await self.handler(request, self)
@@ -154,6 +156,13 @@ class Receiver:
 
     def on(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
+
+    async def wait_for(self, count: int, path: str | None = None, within_s: float = 20.0) -> None:
+        """Wait until `count` requests (to `path`, if given) have arrived."""
+        async with asyncio.timeout(within_s):
+            while len(self.on(path) if path else self.requests) < count:
+                self.changed.clear()
+                await self.changed.wait()
 
 
 @pytest.fixture

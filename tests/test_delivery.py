@@ -18,7 +18,7 @@ from tests.conftest import Receiver, add_webhook, deliver_all, fast_settings, pu
 async def test_delivers_signed_standard_webhook(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
-    wid, secret = await add_webhook(db, receiver.url + "/hook", ["customer.updated"])
+    _, secret = await add_webhook(db, receiver.url + "/hook", ["customer.updated"])
     mid = await publish(db, "customer.updated", '{"id": 42, "name": "Ada"}')
     created = await db.fetchval("SELECT created_at FROM dispatcher.events")
 
@@ -207,11 +207,9 @@ async def test_slow_endpoint_does_not_delay_a_fast_one(
         " SELECT 'fast.x', '{}' FROM generate_series(1, 100)"
     )
     settings = fast_settings(max_in_flight=16, per_endpoint_concurrency=4, lease_batch_size=16)
-    daemon = asyncio.create_task(deliver_all(settings, dsn, timeout=60))
+    daemon = asyncio.create_task(deliver_all(settings, dsn, within_s=60))
     try:
-        async with asyncio.timeout(20):
-            while len(receiver.on("/fast")) < 100:
-                await asyncio.sleep(0.02)
+        await receiver.wait_for(100, "/fast")
         # Every fast delivery arrived while the slow endpoint still held all its requests,
         # and the slow one never had more than its cap in flight.
         assert len(receiver.on("/slow")) == 4

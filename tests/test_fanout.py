@@ -33,7 +33,7 @@ async def test_fan_out_reaches_exactly_subscribed_active_webhooks(db: asyncpg.Po
 
 
 async def test_producer_may_supply_message_id(db: asyncpg.Pool) -> None:
-    wid, _ = await add_webhook(db, "http://a.example/", ["t.x"])
+    await add_webhook(db, "http://a.example/", ["t.x"])
     mid = uuid.uuid4()
     await db.execute(
         "INSERT INTO dispatcher.events (message_id, event_type, payload) VALUES ($1, 't.x', '{}')",

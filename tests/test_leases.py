@@ -1,0 +1,98 @@
+"""Leases: a visibility timeout plus a token, so a dead holder's rows come back and its late
+writes are fenced out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+
+from dispatcher import store
+from dispatcher.store import OutcomeRow
+from tests.conftest import add_webhook, publish
+
+
+def succeeded(delivery: store.LeasedDelivery) -> OutcomeRow:
+    return OutcomeRow(
+        delivery_id=delivery.id,
+        lease_token=delivery.lease_token,
+        status="succeeded",
+        retry_in_s=0.0,
+        attempt=delivery.attempt,
+        started_at=datetime.now(UTC),
+        duration_ms=5,
+        response_status=200,
+        response_body="",
+        response_truncated=False,
+        error_kind=None,
+        error_message=None,
+    )
+
+
+async def test_lease_hides_rows_until_it_expires(db: asyncpg.Pool) -> None:
+    await add_webhook(db, "http://a.example/", ["t.x"])
+    await publish(db, "t.x")
+
+    [held] = await store.lease_batch(db, 10, 60.0, [])
+    assert held.attempt == 1
+    assert await store.lease_batch(db, 10, 60.0, []) == []
+    assert 55 < await store.seconds_until_next_due(db) <= 60
+
+
+async def test_expired_lease_is_taken_by_another_worker_and_stale_write_rejected(
+    db: asyncpg.Pool,
+) -> None:
+    await add_webhook(db, "http://a.example/", ["t.x"])
+    await publish(db, "t.x")
+    [stale] = await store.lease_batch(db, 10, 60.0, [])
+
+    # The holder stalls past its lease.
+    await db.execute("UPDATE dispatcher.deliveries SET run_at = now() - interval '1 second'")
+    [fresh] = await store.lease_batch(db, 10, 60.0, [])
+    assert fresh.id == stale.id
+    assert fresh.lease_token != stale.lease_token
+    assert fresh.attempt == 2
+
+    assert await store.record_outcomes(db, [succeeded(stale)]) == 0
+    row = await db.fetchrow("SELECT status, lease_token FROM dispatcher.deliveries")
+    assert (row["status"], row["lease_token"]) == ("pending", fresh.lease_token)
+    assert await db.fetchval("SELECT count(*) FROM dispatcher.attempts") == 0
+
+    assert await store.record_outcomes(db, [succeeded(fresh)]) == 1
+    assert await db.fetchval("SELECT status FROM dispatcher.deliveries") == "succeeded"
+    assert await db.fetchval("SELECT attempt FROM dispatcher.attempts") == 2
+
+
+async def test_release_makes_rows_due_again_without_counting_an_attempt(
+    db: asyncpg.Pool,
+) -> None:
+    await add_webhook(db, "http://a.example/", ["t.x"])
+    await publish(db, "t.x")
+    leased = await store.lease_batch(db, 10, 60.0, [])
+    await store.release_leases(db, leased)
+    [again] = await store.lease_batch(db, 10, 60.0, [])
+    assert again.attempt == 1
+
+
+async def test_lease_skips_saturated_webhooks_and_disabled_ones(db: asyncpg.Pool) -> None:
+    busy, _ = await add_webhook(db, "http://a.example/", ["t.x"])
+    idle, _ = await add_webhook(db, "http://b.example/", ["t.x"])
+    off, _ = await add_webhook(db, "http://c.example/", ["t.x"])
+    await publish(db, "t.x")
+    await db.execute("UPDATE dispatcher.webhooks SET status = 'disabled' WHERE id = $1", off)
+
+    leased = await store.lease_batch(db, 10, 60.0, [busy])
+    assert [d.webhook_id for d in leased] == [idle]
+
+
+async def test_concurrent_leases_never_hand_out_a_row_twice(db: asyncpg.Pool) -> None:
+    import asyncio
+
+    await add_webhook(db, "http://a.example/", ["t.x"])
+    await db.execute(
+        "INSERT INTO dispatcher.events (event_type, payload)"
+        " SELECT 't.x', '{}' FROM generate_series(1, 500)"
+    )
+    batches = await asyncio.gather(*(store.lease_batch(db, 50, 60.0, []) for _ in range(12)))
+    ids = [d.id for batch in batches for d in batch]
+    assert len(ids) == len(set(ids)) == 500
