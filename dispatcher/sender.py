@@ -168,11 +168,16 @@ def classify_error(exc: BaseException) -> tuple[str, bool]:
     """Map an exception from an attempt to (error kind, retryable)."""
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout", True
-    if isinstance(exc, aiohttp.InvalidURL):
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         return "invalid_url", False
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns", True
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectorCertificateError
+        | aiohttp.ClientSSLError
+        | aiohttp.ServerFingerprintMismatch,
+    ):
         return "tls", True
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "connect", True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ ENV_PREFIX = "DISPATCHER_"
 _HEADER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
+_HOUR = 3600.0
+_DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError(value)
             return int(value)
         if kind == "float":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError(value)
             return float(value)
         if kind == "Path":
@@ -126,7 +129,10 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 text = value.strip().strip("[]")
                 items = [part for part in text.split(",") if part.strip()] if text else []
-            return tuple(float(item) for item in items)
+            delays = tuple(float(item) for item in items)
+            if not all(math.isfinite(d) for d in delays):
+                raise ValueError(value)
+            return delays
         if kind in ("str", "str | None"):
             if not isinstance(value, str):
                 raise ValueError(value)
@@ -141,22 +147,26 @@ def _validate(s: Settings) -> None:
         if not ok:
             raise ConfigError(f"invalid value for {key}: {getattr(s, key)!r} {why}")
 
-    need(s.request_timeout_s > 0, "request_timeout_s", "must be greater than 0")
-    need(s.connect_timeout_s > 0, "connect_timeout_s", "must be greater than 0")
-    need(all(d >= 0 for d in s.retry_schedule), "retry_schedule", "must hold delays >= 0")
+    need(0 < s.request_timeout_s <= _HOUR, "request_timeout_s", "must be > 0 and <= 3600")
+    need(0 < s.connect_timeout_s <= _HOUR, "connect_timeout_s", "must be > 0 and <= 3600")
+    need(
+        all(0 <= d <= 30 * _DAY for d in s.retry_schedule),
+        "retry_schedule",
+        "must hold delays between 0 and 30 days (2592000 s)",
+    )
     need(len(s.retry_schedule) <= 100, "retry_schedule", "must hold at most 100 delays")
     need(s.max_in_flight >= 1, "max_in_flight", "must be at least 1")
     need(s.per_endpoint_concurrency >= 1, "per_endpoint_concurrency", "must be at least 1")
     need(1 <= s.lease_batch_size <= 10000, "lease_batch_size", "must be between 1 and 10000")
     need(
-        s.lease_seconds == 0 or s.lease_seconds > s.request_timeout_s,
+        s.lease_seconds == 0 or s.request_timeout_s < s.lease_seconds <= _DAY,
         "lease_seconds",
-        "must be 0 (automatic) or longer than request_timeout_s",
+        "must be 0 (automatic) or longer than request_timeout_s and at most a day",
     )
-    need(s.poll_interval_s > 0, "poll_interval_s", "must be greater than 0")
-    need(s.flush_interval_s > 0, "flush_interval_s", "must be greater than 0")
+    need(0 < s.poll_interval_s <= _HOUR, "poll_interval_s", "must be > 0 and <= 3600")
+    need(0 < s.flush_interval_s <= 10, "flush_interval_s", "must be > 0 and <= 10")
     need(s.flush_max_outcomes >= 1, "flush_max_outcomes", "must be at least 1")
-    need(s.shutdown_grace_s >= 0, "shutdown_grace_s", "must be 0 or more")
+    need(0 <= s.shutdown_grace_s <= _HOUR, "shutdown_grace_s", "must be between 0 and 3600")
     need(s.response_read_max_bytes >= 0, "response_read_max_bytes", "must be 0 or more")
     need(
         0 <= s.response_store_max_bytes <= s.response_read_max_bytes,
