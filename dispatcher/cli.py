@@ -19,8 +19,8 @@ from dispatcher.settings import Settings, load_settings
 
 @dataclass
 class Context:
-    config: str | None
-    database_url: str | None
+    config: str | None = None
+    database_url: str | None = None
     _settings: Settings | None = None
 
     def settings(self, **overrides: Any) -> Settings:
@@ -53,25 +53,41 @@ class Group(click.Group):
             sys.exit(1)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Store --config/--database-url wherever they appear: before or after the subcommand."""
+    if value is not None:
+        setattr(ctx.ensure_object(Context), str(param.name), value)
+
+
+def common_options(f: Any) -> Any:
+    """Accept --config and --database-url on the group and on every subcommand."""
+    f = click.option(
+        "--database-url",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember,
+        help="PostgreSQL URL (default: $DISPATCHER_DATABASE_URL, else the embedded server).",
+    )(f)
+    return click.option(
+        "--config",
+        metavar="PATH",
+        expose_value=False,
+        callback=_remember,
+        help="TOML config file (default: $DISPATCHER_CONFIG; else defaults and environment).",
+    )(f)
+
+
 @click.group(cls=Group)
 @click.version_option(__version__, prog_name="webhook-dispatcher")
-@click.option(
-    "--config",
-    metavar="PATH",
-    help="TOML config file (default: $DISPATCHER_CONFIG; without it, defaults and environment).",
-)
-@click.option(
-    "--database-url",
-    metavar="URL",
-    help="PostgreSQL URL (default: $DISPATCHER_DATABASE_URL, else the embedded server).",
-)
+@common_options
 @click.pass_context
-def main(ctx: click.Context, config: str | None, database_url: str | None) -> None:
+def main(ctx: click.Context) -> None:
     """Deliver events published in PostgreSQL as signed webhooks."""
-    ctx.obj = Context(config=config, database_url=database_url)
+    ctx.ensure_object(Context)
 
 
 @main.command()
+@common_options
 @click.option(
     "--no-migrate", is_flag=True, help="Refuse to start on an outdated schema instead of migrating."
 )
@@ -91,6 +107,7 @@ def run(obj: Context, no_migrate: bool) -> None:
 
 
 @main.command(name="migrate")
+@common_options
 @click.pass_obj
 def migrate_command(obj: Context) -> None:
     """Apply pending schema migrations and exit."""
@@ -113,6 +130,7 @@ def migrate_command(obj: Context) -> None:
 
 
 @main.command(name="database-url")
+@common_options
 @click.pass_obj
 def database_url(obj: Context) -> None:
     """Print the database URL in use (starting the embedded server if needed)."""

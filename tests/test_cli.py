@@ -1,0 +1,88 @@
+"""The `dispatcher` command's plumbing: where options go, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dispatcher.cli import main, redact
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for name in ("DISPATCHER_CONFIG", "DISPATCHER_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner()
+
+
+def test_migrate_applies_then_reports_up_to_date(runner: CliRunner, server_dsn: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from tests.conftest import with_database
+
+    name = "dispatcher_cli_migrate_test"
+
+    async def recreate() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+
+    asyncio.run(recreate())
+    url = with_database(server_dsn, name)
+    first = runner.invoke(main, ["migrate", "--database-url", url])
+    assert (first.exit_code, first.output) == (0, "applied 001_core\n")
+    second = runner.invoke(main, ["--database-url", url, "migrate"])
+    assert (second.exit_code, second.output) == (0, "schema is up to date\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--config", "{cfg}", "database-url"],
+        ["database-url", "--config", "{cfg}"],
+    ],
+)
+def test_config_is_accepted_before_or_after_the_command(
+    runner: CliRunner, tmp_path: Path, args: list[str]
+) -> None:
+    cfg = tmp_path / "d.toml"
+    cfg.write_text('database_url = "postgresql://u@db.example:5432/x"\n')
+    result = runner.invoke(main, [a.format(cfg=cfg) for a in args])
+    assert (result.exit_code, result.output) == (0, "postgresql://u@db.example:5432/x\n")
+
+
+def test_bad_config_value_is_one_line_and_exit_1(runner: CliRunner, tmp_path: Path) -> None:
+    cfg = tmp_path / "d.toml"
+    cfg.write_text("max_in_flight = 0\n")
+    result = runner.invoke(main, ["--config", str(cfg), "database-url"])
+    assert result.exit_code == 1
+    assert result.output == "error: invalid value for max_in_flight: 0 must be at least 1\n"
+
+
+def test_unknown_option_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["run", "--bogus"])
+    assert result.exit_code == 2
+
+
+def test_unreachable_database_is_one_line_and_exit_1(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["migrate", "--database-url", "postgresql://u@127.0.0.1:1/x"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: database: ")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://u:secret@h:5432/d", "postgresql://u:***@h:5432/d"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("postgresql://postgres:@/d?host=/tmp/x", "postgresql://postgres:@/d?host=/tmp/x"),
+    ],
+)
+def test_redact_hides_only_the_password(dsn: str, shown: str) -> None:
+    assert redact(dsn) == shown
