@@ -1,0 +1,1 @@
+"""Benchmarks for webhook-dispatcher. They print figures; they are not tests."""
