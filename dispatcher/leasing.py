@@ -79,9 +79,9 @@ class Leaser:
                     backoff.reset()
                     continue  # a full batch: more is probably due
                 pause = self._poll_s
-                if saturated or skipped:
-                    self._capacity_wanted = True  # a finished attempt may free a slot
-                else:
+                # With webhooks at their cap, the attempt that frees one of their slots wakes
+                # the loop (see _attempt); otherwise sleep until the next row falls due.
+                if not (saturated or skipped):
                     next_due = await store.seconds_until_next_due(self._pool)
                     if next_due is None and exit_when_idle:
                         return
@@ -133,12 +133,15 @@ class Leaser:
                 )
         finally:
             del self._in_flight[d.id]
-            remaining = self._per_webhook[d.webhook_id] - 1
-            if remaining:
-                self._per_webhook[d.webhook_id] = remaining
+            count = self._per_webhook[d.webhook_id]
+            if count > 1:
+                self._per_webhook[d.webhook_id] = count - 1
             else:
                 del self._per_webhook[d.webhook_id]
-            if self._capacity_wanted:
+            # Wake the loop when it waits for capacity, or when this webhook's backlog was
+            # held back by its cap. The loop clears _wake only just before it leases, so a
+            # wake-up that lands during a lease query is not lost.
+            if self._capacity_wanted or count >= self._per_webhook_cap:
                 self._capacity_wanted = False
                 self._wake.set()
 
