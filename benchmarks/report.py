@@ -1,0 +1,176 @@
+"""Describe the machine and print the throughput benchmark's figures as plain-text tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+if TYPE_CHECKING:
+    from benchmarks.throughput import Run
+
+
+SETTINGS_SHOWN = (
+    "max_in_flight",
+    "per_endpoint_concurrency",
+    "lease_batch_size",
+    "flush_interval_s",
+    "flush_max_outcomes",
+    "pool_max_size",
+    "poll_interval_s",
+    "request_timeout_s",
+)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, usable CPUs, RAM and the versions that shape the figures."""
+    cpu = platform.processor() or "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "nproc": len(os.sched_getaffinity(0)),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        **{p: version(p) for p in ("webhook-dispatcher", "aiohttp", "asyncpg", "uvloop")},
+    }
+
+
+def medians(runs: list[Run]) -> dict[str, float | None]:
+    def median(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    return {
+        "deliveries_per_s": median([r.deliveries_per_s for r in runs]),
+        "ceiling_rps": median([r.ceiling_rps for r in runs]),
+        "ratio": median([r.ratio for r in runs]),
+    }
+
+
+def run_line(run: Run) -> str:
+    ceiling = f"ceiling {run.ceiling_rps:,.0f} req/s, " if run.ceiling_rps else ""
+    return (
+        f"  {ceiling}daemon {run.deliveries_per_s:,.0f} deliveries/s, "
+        f"peak RSS {run.peak_rss_mb:.0f} MB, exit {run.exit_code}"
+    )
+
+
+def _ms(seconds: list[float], i: int) -> float | None:
+    return seconds[i] * 1000 if seconds else None
+
+
+# (label, value of a run, format, whether a median is printed)
+ROWS: list[tuple[str, Callable[[dict[str, Any]], Any], str, bool]] = [
+    ("ceiling: bare aiohttp req/s", lambda r: r["ceiling_rps"], "{:,.0f}", True),
+    ("daemon: deliveries/s", lambda r: r["deliveries_per_s"], "{:,.0f}", True),
+    ("ratio daemon / ceiling", lambda r: r["ratio"], "{:.2f}", True),
+    ("enqueue (1 INSERT + fan-out) s", lambda r: r["enqueue_s"], "{:.2f}", False),
+    ("daemon start -> first receipt s", lambda r: r["first_receipt_s"], "{:.2f}", False),
+    ("daemon start -> all done s", lambda r: r["wall_s"], "{:.2f}", False),
+    ("latency from created_at p50 ms", lambda r: _ms(r["latency_s"], 0), "{:,.0f}", False),
+    ("latency from created_at p95 ms", lambda r: _ms(r["latency_s"], 1), "{:,.0f}", False),
+    ("latency from created_at p99 ms", lambda r: _ms(r["latency_s"], 2), "{:,.0f}", False),
+    ("daemon peak RSS MB", lambda r: r["peak_rss_mb"], "{:.1f}", False),
+    ("daemon RSS at the end MB", lambda r: r["end_rss_mb"], "{:.1f}", False),
+    ("daemon CPU s / 1000 deliveries", lambda r: r["cpu_s_per_1k"], "{:.3f}", False),
+    ("daemon CPU s total (with startup)", lambda r: r["cpu_total_s"], "{:.2f}", False),
+    (
+        "ceiling CPU s / 1000 requests",
+        lambda r: r["ceiling_cpu_s_per_1k"],
+        "{:.3f}",
+        False,
+    ),
+    (
+        "receiver CPU s / 1000 (daemon)",
+        lambda r: r["receiver_cpu_s_per_1k"],
+        "{:.3f}",
+        False,
+    ),
+    (
+        "body bytes: daemon / ceiling",
+        lambda r: _pair(r["body_bytes"], r["ceiling_body_bytes"]),
+        "{}",
+        False,
+    ),
+    (
+        "duplicates / retried / not succeeded",
+        lambda r: f"{r['duplicates']} / {r['retried']} / {r['failed']}",
+        "{}",
+        False,
+    ),
+    ("daemon log lines (level warning)", lambda r: r["log_lines"], "{}", False),
+    ("daemon exit code after SIGTERM", lambda r: r["exit_code"], "{}", False),
+]
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in (a, b))
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def text(result: dict[str, Any]) -> str:
+    m, pg, w, s = result["machine"], result["postgresql"], result["workload"], result["settings"]
+    where = "embedded, temp dir" if pg["embedded"] else "DISPATCHER_DATABASE_URL"
+    lines = [
+        "webhook-dispatcher throughput benchmark",
+        f"machine   {m['cpu']}, {m['nproc']} CPUs, {m['ram_gib']} GiB RAM, Linux {m['kernel']}",
+        f"software  Python {m['python']}, webhook-dispatcher {m['webhook-dispatcher']}, "
+        f"aiohttp {m['aiohttp']}, asyncpg {m['asyncpg']}, uvloop {m['uvloop']}",
+        f"postgres  {pg['server_version']} ({where}),"
+        f" shared_buffers={pg['shared_buffers']} fsync={pg['fsync']}"
+        f" synchronous_commit={pg['synchronous_commit']} (the daemon's own sessions: off)",
+        f"workload  {w['events']:,} events x fan-out {w['fanout']} = {w['deliveries']:,} deliveries"
+        f" over {w['webhooks']} webhooks, one receiver process on 127.0.0.1 (aiohttp, uvloop)",
+        "settings  " + " ".join(f"{k}={v}" for k, v in s.items()),
+        "",
+    ]
+    runs = result["runs"]
+    heads = [f"run {i + 1}" for i in range(len(runs))] + (["median"] if len(runs) > 1 else [])
+    width = 38
+    lines.append(" " * width + "".join(f"{h:>14}" for h in heads))
+    for label, get, fmt, with_median in ROWS:
+        values = [get(r) for r in runs]
+        if all(v is None for v in values):
+            continue
+        cells = [_cell(v, fmt) for v in values]
+        if len(runs) > 1:
+            present = [v for v in values if v is not None]
+            cells.append(_cell(statistics.median(present), fmt) if with_median and present else "")
+        lines.append(f"{label:<{width}}" + "".join(f"{c:>14}" for c in cells))
+    if w["rss_only"]:
+        trace = " ".join(f"{v:.0f}" for v in runs[-1]["rss_trace_mb"])
+        lines.append(f"\nRSS MB at 10%, 20%, ..., 100% delivered: {trace}")
+    p = result["pickup"]
+    if p:
+        lines.append(
+            f"\nidle pickup latency, commit -> receipt ({p['events']} single publishes,"
+            f" {p['interval_ms']:.0f} ms apart): p50 {p['p50_ms']:.1f} ms,"
+            f" p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms"
+        )
+    lines += [
+        "",
+        "deliveries/s and req/s = receipts / (last receipt - first receipt), at the receiver.",
+        "Latency: all events share created_at (one INSERT just before the daemon starts), so it"
+        " is time spent in the backlog.",
+        "CPU / 1000 deliveries counts from the last sample before the first receipt; done is"
+        " detected by polling every 0.2 s.",
+    ]
+    return "\n".join(lines)
