@@ -150,10 +150,10 @@ class Daemon:
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
         return BenchError(f"{why}; daemon log tail:\n{tail}")
 
-    def log_lines(self) -> int:
-        """Count what it logged at level warning or above (the one startup line aside)."""
+    def log_lines(self) -> list[str]:
+        """Return what it logged at level warning or above (the one startup line aside)."""
         lines = self.log.read_text(errors="replace").splitlines()
-        return sum(1 for line in lines if not line.startswith("database: "))
+        return [line for line in lines if not line.startswith("database: ")]
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,6 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -70,56 +69,44 @@ def run_line(run: Run) -> str:
     )
 
 
-def _ms(seconds: list[float], i: int) -> float | None:
-    return seconds[i] * 1000 if seconds else None
+def _cells(r: dict[str, Any]) -> dict[str, Any]:
+    """Return a run's values by row key, with the derived ones computed."""
+    latency = [v * 1000 for v in r["latency_s"]] or [None] * 3
+    return {
+        **r,
+        "p50": latency[0],
+        "p95": latency[1],
+        "p99": latency[2],
+        "bytes": " / ".join(
+            "-" if v is None else f"{v:.0f}" for v in (r["body_bytes"], r["ceiling_body_bytes"])
+        ),
+        "outcomes": f"{r['duplicates']} / {r['retried']} / {r['failed']}",
+    }
 
 
-# (label, value of a run, format, whether a median is printed)
-ROWS: list[tuple[str, Callable[[dict[str, Any]], Any], str, bool]] = [
-    ("ceiling: bare aiohttp req/s", lambda r: r["ceiling_rps"], "{:,.0f}", True),
-    ("daemon: deliveries/s", lambda r: r["deliveries_per_s"], "{:,.0f}", True),
-    ("ratio daemon / ceiling", lambda r: r["ratio"], "{:.2f}", True),
-    ("enqueue (1 INSERT + fan-out) s", lambda r: r["enqueue_s"], "{:.2f}", False),
-    ("daemon start -> first receipt s", lambda r: r["first_receipt_s"], "{:.2f}", False),
-    ("daemon start -> all done s", lambda r: r["wall_s"], "{:.2f}", False),
-    ("latency from created_at p50 ms", lambda r: _ms(r["latency_s"], 0), "{:,.0f}", False),
-    ("latency from created_at p95 ms", lambda r: _ms(r["latency_s"], 1), "{:,.0f}", False),
-    ("latency from created_at p99 ms", lambda r: _ms(r["latency_s"], 2), "{:,.0f}", False),
-    ("daemon peak RSS MB", lambda r: r["peak_rss_mb"], "{:.1f}", False),
-    ("daemon RSS at the end MB", lambda r: r["end_rss_mb"], "{:.1f}", False),
-    ("daemon CPU s / 1000 deliveries", lambda r: r["cpu_s_per_1k"], "{:.3f}", False),
-    ("daemon CPU s total (with startup)", lambda r: r["cpu_total_s"], "{:.2f}", False),
-    (
-        "ceiling CPU s / 1000 requests",
-        lambda r: r["ceiling_cpu_s_per_1k"],
-        "{:.3f}",
-        False,
-    ),
-    (
-        "receiver CPU s / 1000 (daemon)",
-        lambda r: r["receiver_cpu_s_per_1k"],
-        "{:.3f}",
-        False,
-    ),
-    (
-        "body bytes: daemon / ceiling",
-        lambda r: _pair(r["body_bytes"], r["ceiling_body_bytes"]),
-        "{}",
-        False,
-    ),
-    (
-        "duplicates / retried / not succeeded",
-        lambda r: f"{r['duplicates']} / {r['retried']} / {r['failed']}",
-        "{}",
-        False,
-    ),
-    ("daemon log lines (level warning)", lambda r: r["log_lines"], "{}", False),
-    ("daemon exit code after SIGTERM", lambda r: r["exit_code"], "{}", False),
+# (label, key in _cells(), format, whether a median is printed)
+ROWS = [
+    ("ceiling: bare aiohttp req/s", "ceiling_rps", "{:,.0f}", True),
+    ("daemon: deliveries/s", "deliveries_per_s", "{:,.0f}", True),
+    ("ratio daemon / ceiling", "ratio", "{:.2f}", True),
+    ("enqueue (1 INSERT + fan-out) s", "enqueue_s", "{:.2f}", False),
+    ("daemon start -> first receipt s", "first_receipt_s", "{:.2f}", False),
+    ("daemon start -> all done s", "wall_s", "{:.2f}", False),
+    ("latency from created_at p50 ms", "p50", "{:,.0f}", False),
+    ("latency from created_at p95 ms", "p95", "{:,.0f}", False),
+    ("latency from created_at p99 ms", "p99", "{:,.0f}", False),
+    ("daemon peak RSS MB", "peak_rss_mb", "{:.1f}", False),
+    ("daemon RSS at the end MB", "end_rss_mb", "{:.1f}", False),
+    ("daemon CPU s / 1000 deliveries", "cpu_s_per_1k", "{:.3f}", False),
+    ("daemon CPU s total (with startup)", "cpu_total_s", "{:.2f}", False),
+    ("ceiling CPU s / 1000 requests", "ceiling_cpu_s_per_1k", "{:.3f}", False),
+    ("receiver CPU s / 1000: daemon run", "receiver_cpu_s_per_1k", "{:.3f}", False),
+    ("receiver CPU s / 1000: ceiling run", "ceiling_receiver_cpu_s_per_1k", "{:.3f}", False),
+    ("body bytes: daemon / ceiling", "bytes", "{}", False),
+    ("duplicates / retried / not succeeded", "outcomes", "{}", False),
+    ("daemon log lines (level warning)", "log_lines", "{}", False),
+    ("daemon exit code after SIGTERM", "exit_code", "{}", False),
 ]
-
-
-def _pair(a: float | None, b: float | None) -> str:
-    return " / ".join("-" if v is None else f"{v:.0f}" for v in (a, b))
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -138,7 +125,8 @@ def text(result: dict[str, Any]) -> str:
         f" shared_buffers={pg['shared_buffers']} fsync={pg['fsync']}"
         f" synchronous_commit={pg['synchronous_commit']} (the daemon's own sessions: off)",
         f"workload  {w['events']:,} events x fan-out {w['fanout']} = {w['deliveries']:,} deliveries"
-        f" over {w['webhooks']} webhooks, one receiver process on 127.0.0.1 (aiohttp, uvloop)",
+        f" over {w['webhooks']} webhooks, one receiver process on 127.0.0.1 (aiohttp, uvloop);"
+        f" {'ANALYZE' if w['analyze_after_insert'] else 'no ANALYZE'} after the bulk insert",
         "settings  " + " ".join(f"{k}={v}" for k, v in s.items()),
         "",
     ]
@@ -146,8 +134,9 @@ def text(result: dict[str, Any]) -> str:
     heads = [f"run {i + 1}" for i in range(len(runs))] + (["median"] if len(runs) > 1 else [])
     width = 38
     lines.append(" " * width + "".join(f"{h:>14}" for h in heads))
-    for label, get, fmt, with_median in ROWS:
-        values = [get(r) for r in runs]
+    cells_by_run = [_cells(r) for r in runs]
+    for label, key, fmt, with_median in ROWS:
+        values = [cells[key] for cells in cells_by_run]
         if all(v is None for v in values):
             continue
         cells = [_cell(v, fmt) for v in values]
@@ -155,6 +144,9 @@ def text(result: dict[str, Any]) -> str:
             present = [v for v in values if v is not None]
             cells.append(_cell(statistics.median(present), fmt) if with_median and present else "")
         lines.append(f"{label:<{width}}" + "".join(f"{c:>14}" for c in cells))
+    for i, r in enumerate(runs):
+        for line in r["log_sample"]:
+            lines.append(f"run {i + 1} daemon log: {line}")
     if w["rss_only"]:
         trace = " ".join(f"{v:.0f}" for v in runs[-1]["rss_trace_mb"])
         lines.append(f"\nRSS MB at 10%, 20%, ..., 100% delivered: {trace}")

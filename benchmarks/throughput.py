@@ -50,6 +50,7 @@ from dispatcher import migrate
 from dispatcher.settings import ENV_PREFIX, Settings, load_settings
 
 SAMPLE_EVERY_S = 0.2
+STALL_S = 20.0
 MIN_CEILING_REQUESTS = 30_000
 PICKUP_TYPE = "bench.type_0"
 
@@ -92,6 +93,7 @@ class Run:
     ceiling_rps: float | None = None
     ceiling_cpu_s_per_1k: float | None = None
     ceiling_body_bytes: float | None = None
+    ceiling_receiver_cpu_s_per_1k: float | None = None
     deliveries_per_s: float = 0.0
     ratio: float | None = None
     wall_s: float = 0.0
@@ -107,6 +109,7 @@ class Run:
     retried: int = 0
     failed: int = 0
     log_lines: int = 0
+    log_sample: list[str] = field(default_factory=list)  # the first few, cut to 300 characters
     exit_code: int | None = None
     rss_trace_mb: list[float] = field(default_factory=list)
 
@@ -120,6 +123,21 @@ def percentiles(values: list[float], ps: tuple[float, ...] = (50, 95, 99)) -> li
     ordered = sorted(values)
     n = len(ordered)
     return [ordered[max(0, min(n - 1, round(p / 100 * n) - 1))] for p in ps] if n else []
+
+
+def stall(samples: list[Sample]) -> str | None:
+    """Describe a stall: nothing received for STALL_S seconds. None while deliveries flow."""
+    last = samples[-1]
+    since = [s for s in samples if s.received == last.received]
+    span = last.t - since[0].t
+    if span < STALL_S or len(since) < 2:
+        return None
+    cpu_pct = (last.cpu_s - since[0].cpu_s) / span * 100
+    mb = (since[0].rss / 2**20, last.rss / 2**20)
+    return (
+        f"nothing arrived for {span:.0f} s; meanwhile the daemon used {cpu_pct:.0f}% CPU"
+        f" and its RSS went from {mb[0]:.0f} to {mb[1]:.0f} MB"
+    )
 
 
 def cpu_s(pid: int) -> float:
@@ -164,6 +182,12 @@ class Bench:
     def deliveries(self) -> int:
         return int(self.args.events * self.args.fanout)
 
+    @property
+    def in_flight_cap(self) -> int:
+        """The daemon's effective cap: every webhook points at the one receiver."""
+        s = self.settings
+        return min(s.max_in_flight, s.per_endpoint_concurrency * self.args.webhooks)
+
     async def run_once(self, index: int, last: bool) -> tuple[Run, dict[str, float] | None]:
         """Measure the ceiling, then the daemon on a fresh backlog; after the last, pickup."""
         args, label = self.args, f"run {index + 1}/{self.args.repeat}"
@@ -179,6 +203,8 @@ class Bench:
             start = time.monotonic()
             await db.execute(INSERT_EVENTS_SQL, args.events, args.webhooks)
             run.enqueue_s = time.monotonic() - start
+            if args.analyze:
+                await db.execute("ANALYZE dispatcher.deliveries, dispatcher.events")
             got = await db.fetchval("SELECT count(*) FROM dispatcher.deliveries")
             if got != self.deliveries:
                 raise BenchError(f"fan-out created {got} deliveries, not {self.deliveries}")
@@ -186,12 +212,25 @@ class Bench:
             await self.rx.reset()
             env = {**self.env, ENV_PREFIX + "DATABASE_URL": with_database(self.admin_dsn, name)}
             log = self.workdir / f"daemon-{index}.log"
-            async with daemon_process(env, log, self.settings.shutdown_grace_s + 10) as daemon:
-                await self.drain(daemon, db, run)
-                if last and not args.rss_only and args.pickup:
-                    report.progress(f"pickup: {args.pickup} single publishes")
-                    pickup = await self.pickup(env[ENV_PREFIX + "DATABASE_URL"])
-            run.exit_code, run.log_lines = daemon.exit_code, daemon.log_lines()
+            grace_s = self.settings.shutdown_grace_s + 10
+            try:
+                async with daemon_process(env, log, grace_s) as daemon:
+                    await self.drain(daemon, db, run)
+                    if last and not args.rss_only and args.pickup:
+                        report.progress(f"pickup: {args.pickup} single publishes")
+                        pickup = await self.pickup(env[ENV_PREFIX + "DATABASE_URL"])
+            except BenchError as exc:
+                killed = daemon.exit_code == -signal.SIGKILL
+                how = f" (SIGKILL: SIGTERM did not stop it in {grace_s:.0f} s)" if killed else ""
+                raise BenchError(
+                    f"{exc}\nthe daemon then exited with {daemon.exit_code}{how}"
+                ) from None
+            logged = daemon.log_lines()
+            run.exit_code, run.log_lines, run.log_sample = (
+                daemon.exit_code,
+                len(logged),
+                [line[:300] for line in logged[:3]],
+            )
         return run, pickup
 
     async def ceiling(self, run: Run, requests: int, payload: str) -> None:
@@ -199,7 +238,7 @@ class Bench:
         await self.rx.reset()
         rx_cpu = cpu_s(self.rx.pid)
         argv = ["--url", self.rx.base + "/hooks/0", "--requests", str(requests)]
-        argv += ["--concurrency", str(self.settings.max_in_flight), "--payload", payload]
+        argv += ["--concurrency", str(self.in_flight_cap), "--payload", payload]
         result = await run_bare_client(argv, deadline_s=60 + requests / 500)
         summary = await self.rx.summary()
         count = summary["count"]
@@ -208,7 +247,7 @@ class Bench:
         run.ceiling_rps = count / (summary["last"] - summary["first"])
         run.ceiling_cpu_s_per_1k = result["cpu_s"] / count * 1000
         run.ceiling_body_bytes = summary["bytes"] / count
-        run.receiver_cpu_s_per_1k = (cpu_s(self.rx.pid) - rx_cpu) / count * 1000
+        run.ceiling_receiver_cpu_s_per_1k = (cpu_s(self.rx.pid) - rx_cpu) / count * 1000
 
     async def drain(self, daemon: Daemon, db: asyncpg.Pool, run: Run) -> None:
         """Sample the daemon until every delivery arrived and none is pending; fill `run`."""
@@ -226,6 +265,10 @@ class Bench:
             samples.append(Sample(t, rss, cpu.user + cpu.system, received))
             if received >= run.deliveries and await db.fetchval(PENDING_SQL) == 0:
                 break
+            stalled = stall(samples)
+            if stalled or rss > self.args.rss_limit_mb * 2**20:
+                why = stalled or f"RSS passed --rss-limit-mb {self.args.rss_limit_mb}"
+                raise daemon.failed(f"{why}; received {received}/{run.deliveries}")
             await asyncio.sleep(SAMPLE_EVERY_S)
         else:
             got = samples[-1].received
@@ -319,6 +362,7 @@ async def benchmark(
             "deliveries": bench.deliveries,
             "repeat": args.repeat,
             "rss_only": args.rss_only,
+            "analyze_after_insert": args.analyze,
         },
         "settings": {k: getattr(settings, k) for k in report.SETTINGS_SHOWN},
         "runs": [asdict(run) for run in runs],
@@ -375,6 +419,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--lease-batch-size", type=int)
     add("--flush-interval-s", type=float)
     add("--set", action="append", default=[], metavar="KEY=VALUE", help="another setting")
+    add("--analyze", action="store_true", help="ANALYZE after the bulk insert (default: don't)")
+    add("--rss-limit-mb", type=int, default=4096, help="stop if the daemon's RSS passes this")
     add("--json", action="store_true", help="print one JSON object instead of the tables")
     args = parser.parse_args(argv)
     if args.repeat is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 
 import asyncpg
@@ -38,19 +39,8 @@ class OutcomeWriter:
 
     def add(self, delivery: LeasedDelivery, outcome: Outcome) -> OutcomeRow:
         status, retry_in_s = decide(outcome.ok, outcome.retryable, delivery.attempt, self._schedule)
-        row = OutcomeRow(
-            delivery_id=delivery.id,
-            lease_token=delivery.lease_token,
-            status=status,
-            retry_in_s=retry_in_s,
-            attempt=delivery.attempt,
-            started_at=outcome.started_at,
-            duration_ms=outcome.duration_ms,
-            response_status=outcome.response_status,
-            response_body=outcome.response_body,
-            response_truncated=outcome.response_truncated,
-            error_kind=outcome.error_kind,
-            error_message=outcome.error_message,
+        row = outcome_row(
+            delivery.id, delivery.lease_token, delivery.attempt, outcome, status, retry_in_s
         )
         self._buffer.append(row)
         self._arrived.set()
@@ -90,6 +80,31 @@ class OutcomeWriter:
                 if any(r.status == "pending" for r in batch):
                     self._on_retry_due()
             self._arrived.clear()
+
+
+def outcome_row(
+    delivery_id: int,
+    lease_token: uuid.UUID,
+    attempt: int,
+    outcome: Outcome,
+    status: str,
+    retry_in_s: float = 0.0,
+) -> OutcomeRow:
+    """Describe an attempt's outcome as the row record_outcomes writes."""
+    return OutcomeRow(
+        delivery_id=delivery_id,
+        lease_token=lease_token,
+        status=status,
+        retry_in_s=retry_in_s,
+        attempt=attempt,
+        started_at=outcome.started_at,
+        duration_ms=outcome.duration_ms,
+        response_status=outcome.response_status,
+        response_body=outcome.response_body,
+        response_truncated=outcome.response_truncated,
+        error_kind=outcome.error_kind,
+        error_message=outcome.error_message,
+    )
 
 
 class Backoff:

@@ -32,6 +32,7 @@ class Outcome:
     response_truncated: bool = False
     error_kind: str | None = None
     error_message: str | None = None
+    response_headers: tuple[tuple[str, str], ...] | None = None
 
 
 def safe_text(raw: bytes | str, limit: int | None = None) -> str:
@@ -104,7 +105,14 @@ class Sender:
         self._read_max = settings.response_read_max_bytes
         self._store_max = settings.response_store_max_bytes
 
-    async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> Outcome:
+    async def send(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        capture_headers: bool = False,
+    ) -> Outcome:
+        """Make one attempt; `capture_headers` keeps the response headers (for `webhooks test`)."""
         started_at = datetime.now(UTC)
         start = time.monotonic()
 
@@ -118,6 +126,11 @@ class Sender:
                 raw, truncated = await self._read_capped(resp)
                 status = resp.status
                 location = resp.headers.get("Location")
+                response_headers = (
+                    tuple((safe_text(k), safe_text(v)) for k, v in resp.headers.items())
+                    if capture_headers
+                    else None
+                )
         except Exception as exc:  # every failure becomes a recorded Outcome
             kind, retryable = classify_error(exc)
             return Outcome(
@@ -145,6 +158,7 @@ class Sender:
             response_truncated=truncated or len(raw) > self._store_max,
             error_kind=None if ok else "status",
             error_message=None if message is None else safe_text(message, 1000),
+            response_headers=response_headers,
         )
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:

@@ -26,13 +26,26 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _load_queries() -> dict[str, str]:
-    text = resources.files("dispatcher.sql").joinpath("queries.sql").read_text()
+def load_queries(filename: str) -> dict[str, str]:
+    """Split a file of `-- name: x` sections into {name: sql}.
+
+    A section may use another section as a fragment by writing `{other_name}`; only these
+    static, packaged fragments are ever formatted into SQL, never values.
+    """
+    text = resources.files("dispatcher.sql").joinpath(filename).read_text()
     parts = re.split(r"^-- name: (\w+)\n", text, flags=re.MULTILINE)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    raw = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    fragments = {name: _strip_comments(body) for name, body in raw.items()}
+    return {
+        name: re.sub(r"\{(\w+)\}", lambda m: fragments[m[1]], body) for name, body in raw.items()
+    }
 
 
-QUERIES = _load_queries()
+def _strip_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+
+
+QUERIES = load_queries("queries.sql")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dispatcher import migrate
 from dispatcher.cli import main, redact
 
 
@@ -35,7 +36,9 @@ def test_migrate_applies_then_reports_up_to_date(runner: CliRunner, server_dsn: 
     asyncio.run(recreate())
     url = with_database(server_dsn, name)
     first = runner.invoke(main, ["migrate", "--database-url", url])
-    assert (first.exit_code, first.output) == (0, "applied 001_core\n")
+    expected = "".join(f"applied {m.version:03d}_{m.name}\n" for m in migrate.migrations())
+    assert first.output.startswith("applied 001_core\n")
+    assert (first.exit_code, first.output) == (0, expected)
     second = runner.invoke(main, ["--database-url", url, "migrate"])
     assert (second.exit_code, second.output) == (0, "schema is up to date\n")
 

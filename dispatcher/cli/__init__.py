@@ -1,11 +1,13 @@
-"""The `dispatcher` command: argument parsing and printing only."""
+"""The `dispatcher` command: argument parsing and printing only; the work is done elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -15,6 +17,8 @@ import uvloop
 from dispatcher import __version__, migrate
 from dispatcher.errors import DispatcherError
 from dispatcher.settings import Settings, load_settings
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,6 +42,24 @@ class Context:
 
         return start_embedded(settings.state_dir)
 
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[asyncpg.Connection]:
+        """Open one connection for a management command."""
+        conn = await asyncpg.connect(self.dsn(self.settings()))
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work` with a connection, in a fresh event loop."""
+
+        async def go() -> T:
+            async with self.connect() as conn:
+                return await work(conn)
+
+        return asyncio.run(go())
+
 
 class Group(click.Group):
     """Turn DispatcherError into one line on stderr and exit code 1, never a traceback."""
@@ -48,7 +70,10 @@ class Group(click.Group):
         except DispatcherError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except asyncpg.CheckViolationError as exc:
+            click.echo(f"error: rejected by the database: {exc}", err=True)
+            sys.exit(1)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             click.echo(f"error: database: {exc}", err=True)
             sys.exit(1)
 
@@ -111,17 +136,7 @@ def run(obj: Context, no_migrate: bool) -> None:
 @click.pass_obj
 def migrate_command(obj: Context) -> None:
     """Apply pending schema migrations and exit."""
-    settings = obj.settings()
-    dsn = obj.dsn(settings)
-
-    async def go() -> list[migrate.Migration]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await migrate.apply_migrations(conn)
-        finally:
-            await conn.close()
-
-    applied = asyncio.run(go())
+    applied = obj.run(migrate.apply_migrations)
     if applied:
         for m in applied:
             click.echo(f"applied {m.version:03d}_{m.name}")
@@ -144,3 +159,7 @@ def redact(dsn: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return dsn
+
+
+# Register the management commands (they import `main` and `Context` from here).
+from dispatcher.cli import deliveries, events, webhooks  # noqa: E402, F401

@@ -1,0 +1,252 @@
+"""Management operations behind the CLI: one coroutine per task, SQL in sql/admin.sql."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from dispatcher.errors import DispatcherError
+from dispatcher.store import load_queries
+from dispatcher.validation import ValidationError
+
+Q = load_queries("admin.sql")
+
+
+class NotFound(DispatcherError):
+    """An id that names nothing."""
+
+
+def _seconds(window: timedelta | None) -> float | None:
+    return None if window is None else window.total_seconds()
+
+
+def _require(row: asyncpg.Record | None, what: str) -> asyncpg.Record:
+    if row is None:
+        raise NotFound(f"{what} does not exist")
+    return row
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+async def check_known_types(conn: asyncpg.Connection, types: list[str]) -> None:
+    """Reject types missing from a non-empty event-type catalog."""
+    unknown: list[str] = await conn.fetchval(Q["unknown_event_types"], types)
+    if unknown:
+        raise ValidationError(
+            f"unknown event type {', '.join(unknown)}: not in the event-type catalog"
+            " (see `dispatcher event-types list`; pass --allow-unknown to use it anyway)"
+        )
+
+
+async def add_webhook(
+    conn: asyncpg.Connection, name: str, url: str, description: str, event_types: list[str]
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(Q["add_webhook"], name, url, description, event_types)
+    return row
+
+
+async def get_webhook(conn: asyncpg.Connection, webhook_id: int) -> asyncpg.Record:
+    return _require(await conn.fetchrow(Q["get_webhook"], webhook_id), f"webhook {webhook_id}")
+
+
+async def list_webhooks(conn: asyncpg.Connection, window: timedelta) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(Q["list_webhooks"], window.total_seconds())
+    return rows
+
+
+async def recent_failures(
+    conn: asyncpg.Connection, webhook_id: int, limit: int = 5
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(Q["recent_failures"], webhook_id, limit)
+    return rows
+
+
+async def update_webhook(
+    conn: asyncpg.Connection,
+    webhook_id: int,
+    name: str | None,
+    url: str | None,
+    description: str | None,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(Q["update_webhook"], webhook_id, name, url, description)
+    return _require(row, f"webhook {webhook_id}")
+
+
+async def change_event_types(
+    conn: asyncpg.Connection,
+    webhook_id: int,
+    add: list[str],
+    remove: list[str],
+    replace: list[str] | None,
+    allow_unknown: bool,
+) -> asyncpg.Record:
+    """Add, remove or replace a webhook's event types in one transaction."""
+    async with conn.transaction():
+        current = _require(
+            await conn.fetchrow(Q["lock_webhook"], webhook_id), f"webhook {webhook_id}"
+        )
+        types = list(current["event_types"]) if replace is None else list(replace)
+        missing = [t for t in remove if t not in types]
+        if missing:
+            raise ValidationError(f"webhook {webhook_id} is not subscribed to {', '.join(missing)}")
+        types = [t for t in types if t not in remove]
+        types += [t for t in add if t not in types]
+        if not types:
+            raise ValidationError(
+                "the event type list would be empty: a webhook needs at least one type"
+                " (disable it instead)"
+            )
+        if not allow_unknown:
+            await check_known_types(conn, [t for t in types if t not in current["event_types"]])
+        row: asyncpg.Record = await conn.fetchrow(Q["set_event_types"], webhook_id, types)
+        return row
+
+
+async def set_status(conn: asyncpg.Connection, webhook_id: int, status: str) -> asyncpg.Record:
+    row = await conn.fetchrow(Q["set_status"], webhook_id, status)
+    return _require(row, f"webhook {webhook_id}")
+
+
+async def delete_webhook(conn: asyncpg.Connection, webhook_id: int) -> int:
+    """Delete a webhook; return how many pending deliveries were cancelled."""
+    row = await conn.fetchrow(Q["delete_webhook"], webhook_id)
+    if row is None or row["id"] is None:
+        raise NotFound(f"webhook {webhook_id} does not exist")
+    cancelled: int = row["cancelled"]
+    return cancelled
+
+
+# --- the event-type catalog -------------------------------------------------------------
+
+
+async def add_event_type(
+    conn: asyncpg.Connection, name: str, description: str, sample: str | None
+) -> asyncpg.Record:
+    try:
+        row: asyncpg.Record = await conn.fetchrow(Q["add_event_type"], name, description, sample)
+    except asyncpg.UniqueViolationError:
+        raise ValidationError(f"event type {name} is already in the catalog") from None
+    return row
+
+
+async def list_event_types(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(Q["list_event_types"])
+    return rows
+
+
+async def remove_event_type(conn: asyncpg.Connection, name: str) -> None:
+    if await conn.fetchval(Q["remove_event_type"], name) is None:
+        raise NotFound(f"event type {name} is not in the catalog")
+
+
+async def event_type_sample(conn: asyncpg.Connection, name: str) -> str | None:
+    sample: str | None = await conn.fetchval(Q["event_type_sample"], name)
+    return sample
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    message_id: str
+    created: bool
+    deliveries: int
+
+
+async def publish(
+    conn: asyncpg.Connection, event_type: str, data_json: str, message_id: uuid.UUID | None
+) -> Published:
+    async with conn.transaction():
+        row = await conn.fetchrow(Q["publish"], event_type, data_json, message_id)
+        assert row is not None
+        count: int = await conn.fetchval(Q["deliveries_of_message"], row["message_id"])
+    return Published(str(row["message_id"]), row["created"], count)
+
+
+async def get_event(conn: asyncpg.Connection, message_id: uuid.UUID) -> asyncpg.Record:
+    return _require(await conn.fetchrow(Q["get_event"], message_id), f"event {message_id}")
+
+
+async def resend_event(
+    conn: asyncpg.Connection, message_id: uuid.UUID, webhook_id: int | None
+) -> list[asyncpg.Record]:
+    """Create new deliveries of a stored event; raise if there is nothing to send it to."""
+    await get_event(conn, message_id)
+    if webhook_id is not None:
+        webhook = await get_webhook(conn, webhook_id)
+        if webhook["status"] != "active":
+            raise ValidationError(f"webhook {webhook_id} is disabled; enable it first")
+    async with conn.transaction():
+        rows: list[asyncpg.Record] = await conn.fetch(Q["resend_event"], message_id, webhook_id)
+        if rows:
+            await conn.execute(Q["notify"])
+    if not rows:
+        raise ValidationError(
+            f"event {message_id} has no active webhook to resend to; name one with --webhook"
+        )
+    return rows
+
+
+# --- deliveries -------------------------------------------------------------------------
+
+
+async def list_deliveries(
+    conn: asyncpg.Connection,
+    webhook_id: int | None,
+    status: str | None,
+    event_type: str | None,
+    since: timedelta | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        Q["list_deliveries"], webhook_id, status, event_type, _seconds(since), limit
+    )
+    return rows
+
+
+async def get_delivery(
+    conn: asyncpg.Connection, delivery_id: int
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    row = _require(await conn.fetchrow(Q["get_delivery"], delivery_id), f"delivery {delivery_id}")
+    attempts: list[asyncpg.Record] = await conn.fetch(Q["delivery_attempts"], delivery_id)
+    return row, attempts
+
+
+async def bulk_resend(
+    conn: asyncpg.Connection,
+    status: str,
+    since: timedelta,
+    webhook_id: int | None,
+    dry_run: bool,
+) -> tuple[int, int]:
+    """Return (matched, resent); with dry_run nothing is written."""
+    if webhook_id is not None:
+        await get_webhook(conn, webhook_id)
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            Q["bulk_resend"], status, since.total_seconds(), webhook_id, dry_run
+        )
+        assert row is not None
+        if row["resent"]:
+            await conn.execute(Q["notify"])
+    return row["matched"], row["resent"]
+
+
+async def stats(conn: asyncpg.Connection, window: timedelta) -> dict[str, Any]:
+    queue = await conn.fetchrow(Q["queue_stats"])
+    assert queue is not None
+    per_webhook = await conn.fetch(Q["webhook_stats"], window.total_seconds())
+    return {
+        "window_s": window.total_seconds(),
+        "due_now": queue["due_now"],
+        "scheduled": queue["scheduled"],
+        "leased": queue["leased"],
+        "oldest_due_s": queue["oldest_due_s"],
+        "webhooks": [dict(r) for r in per_webhook],
+    }

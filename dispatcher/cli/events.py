@@ -1,0 +1,137 @@
+"""`dispatcher event-types ...` (the optional catalog) and `dispatcher events ...`."""
+
+from __future__ import annotations
+
+import asyncpg
+import click
+import orjson
+
+from dispatcher import admin
+from dispatcher.cli import Context, common_options, main
+from dispatcher.cli.output import emit_json, plain, shorten, table
+from dispatcher.validation import check_event_type, parse_json, parse_uuid
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+EVENT_TYPE_FIELDS = ("name", "description", "sample", "created_at")
+
+
+def _json_text(text: str, what: str) -> str:
+    """Validate JSON and return it re-serialized, so PostgreSQL gets exactly what we checked."""
+    return orjson.dumps(parse_json(text, what)).decode()
+
+
+@main.group(name="event-types")
+def event_types() -> None:
+    """Manage the optional catalog of known event types."""
+
+
+@event_types.command(name="add")
+@common_options
+@click.argument("name")
+@click.option("--description", default="", help="What the event means.")
+@click.option("--sample", metavar="JSON", help="Payload used by `webhooks test`.")
+@json_option
+@click.pass_obj
+def event_types_add(
+    obj: Context, name: str, description: str, sample: str | None, as_json: bool
+) -> None:
+    """Add an event type to the catalog."""
+    check_event_type(name, allow_star=False)
+    sample_json = None if sample is None else _json_text(sample, "--sample")
+    row = obj.run(lambda conn: admin.add_event_type(conn, name, description, sample_json))
+    if as_json:
+        emit_json(plain(row, EVENT_TYPE_FIELDS))
+    else:
+        click.echo(f"Added event type {row['name']}.")
+
+
+@event_types.command(name="list")
+@common_options
+@json_option
+@click.pass_obj
+def event_types_list(obj: Context, as_json: bool) -> None:
+    """List the catalog. While it is empty, any event type may be used."""
+    rows = obj.run(admin.list_event_types)
+    if as_json:
+        emit_json([{**plain(r, EVENT_TYPE_FIELDS), "webhooks": r["webhooks"]} for r in rows])
+        return
+    if not rows:
+        click.echo("The catalog is empty: webhooks may subscribe to any event type.")
+        return
+    table(
+        [
+            (r["name"], shorten(r["description"], 40), r["webhooks"], shorten(r["sample"], 40))
+            for r in rows
+        ],
+        ("name", "description", "webhooks", "sample"),
+    )
+
+
+@event_types.command(name="remove")
+@common_options
+@click.argument("name")
+@click.pass_obj
+def event_types_remove(obj: Context, name: str) -> None:
+    """Remove an event type from the catalog (webhooks keep their subscriptions)."""
+    obj.run(lambda conn: admin.remove_event_type(conn, name))
+    click.echo(f"Removed event type {name}.")
+
+
+@main.group()
+def events() -> None:
+    """Publish and resend events."""
+
+
+@events.command()
+@common_options
+@click.argument("event_type")
+@click.option("--data", required=True, metavar="JSON", help="The event's payload.")
+@click.option("--message-id", metavar="UUID", help="Idempotency key; generated if omitted.")
+@json_option
+@click.pass_obj
+def publish(
+    obj: Context, event_type: str, data: str, message_id: str | None, as_json: bool
+) -> None:
+    """Publish an event, exactly as `SELECT dispatcher.publish(...)` does."""
+    check_event_type(event_type, allow_star=False)
+    payload = _json_text(data, "--data")
+    mid = None if message_id is None else parse_uuid(message_id)
+    result = obj.run(lambda conn: admin.publish(conn, event_type, payload, mid))
+    if as_json:
+        emit_json(
+            {
+                "message_id": result.message_id,
+                "created": result.created,
+                "deliveries": result.deliveries,
+            }
+        )
+    elif result.created:
+        click.echo(f"Published {result.message_id} to {result.deliveries} webhook(s).")
+    else:
+        click.echo(f"Event {result.message_id} already exists; nothing new was published.")
+
+
+@events.command()
+@common_options
+@click.argument("message_id")
+@click.option(
+    "--webhook",
+    "webhook_id",
+    type=int,
+    help="Resend to this webhook only (default: every active webhook that had it).",
+)
+@json_option
+@click.pass_obj
+def resend(obj: Context, message_id: str, webhook_id: int | None, as_json: bool) -> None:
+    """Resend a stored event: a new delivery, fresh retries, the same messageId."""
+    mid = parse_uuid(message_id)
+
+    async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await admin.resend_event(conn, mid, webhook_id)
+
+    rows = obj.run(work)
+    if as_json:
+        emit_json([{"delivery_id": r["id"], "webhook_id": r["webhook_id"]} for r in rows])
+        return
+    for r in rows:
+        click.echo(f"Queued delivery {r['id']} of {mid} to webhook {r['webhook_id']}.")

@@ -1,0 +1,348 @@
+"""`dispatcher webhooks ...`: add, list, show, edit, events, enable, disable, delete, test."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import click
+
+from dispatcher import admin
+from dispatcher.cli import Context, common_options, main
+from dispatcher.cli.output import emit_json, fields, plain, shorten, table
+from dispatcher.testevent import TestResult, send_test
+from dispatcher.validation import (
+    check_event_types,
+    check_name,
+    check_url,
+    split_event_types,
+)
+
+# Stable --json field names. The secret appears only in `webhooks show`.
+WEBHOOK_FIELDS = (
+    "id",
+    "service_name",
+    "url",
+    "description",
+    "event_types",
+    "status",
+    "created_at",
+    "updated_at",
+)
+DAY = timedelta(days=1)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@main.group()
+def webhooks() -> None:
+    """Manage webhook endpoints."""
+
+
+@webhooks.command()
+@common_options
+@click.option("--name", required=True, help='Service name, e.g. "Zapier".')
+@click.option("--url", required=True, help="Endpoint URL (http or https).")
+@click.option(
+    "--events",
+    "event_types",
+    required=True,
+    multiple=True,
+    help="Event types to send, comma-separated or repeated; * for all.",
+)
+@click.option("--description", default="", help="Free text for operators.")
+@click.option("--allow-unknown", is_flag=True, help="Accept types missing from the catalog.")
+@json_option
+@click.pass_obj
+def add(
+    obj: Context,
+    name: str,
+    url: str,
+    event_types: tuple[str, ...],
+    description: str,
+    allow_unknown: bool,
+    as_json: bool,
+) -> None:
+    """Create a webhook; it is active at once. Prints its id and secret."""
+    name, url = check_name(name), check_url(url)
+    types = check_event_types(split_event_types(event_types))
+
+    async def work(conn: asyncpg.Connection) -> asyncpg.Record:
+        async with conn.transaction():
+            if not allow_unknown:
+                await admin.check_known_types(conn, types)
+            return await admin.add_webhook(conn, name, url, description, types)
+
+    row = obj.run(work)
+    if as_json:
+        emit_json(plain(row, WEBHOOK_FIELDS))
+        return
+    click.echo(f"Created webhook {row['id']} ({row['service_name']}), active.")
+    fields(
+        [
+            ("url", row["url"]),
+            ("events", row["event_types"]),
+            ("secret", row["secret"]),
+        ]
+    )
+    click.echo("Receivers verify the webhook-signature header with this secret.")
+
+
+@webhooks.command(name="list")
+@common_options
+@json_option
+@click.pass_obj
+def list_(obj: Context, as_json: bool) -> None:
+    """List webhooks with their deliveries over the last 24 hours."""
+    rows = obj.run(lambda conn: admin.list_webhooks(conn, DAY))
+    if as_json:
+        emit_json(
+            [
+                {
+                    **plain(r, ("id", "service_name", "url", "status", "event_types")),
+                    "event_type_count": r["event_type_count"],
+                    "deliveries_24h": r["deliveries"],
+                    "failed_24h": r["failed"],
+                }
+                for r in rows
+            ]
+        )
+        return
+    if not rows:
+        click.echo("No webhooks yet. Add one with `dispatcher webhooks add`.")
+        return
+    table(
+        [
+            (
+                r["id"],
+                shorten(r["service_name"], 30),
+                shorten(r["url"], 60),
+                r["status"],
+                r["event_type_count"],
+                r["deliveries"],
+                r["failed"],
+            )
+            for r in rows
+        ],
+        ("id", "name", "url", "status", "events", "deliveries 24h", "failed 24h"),
+    )
+
+
+@webhooks.command()
+@common_options
+@click.argument("webhook_id", type=int)
+@json_option
+@click.pass_obj
+def show(obj: Context, webhook_id: int, as_json: bool) -> None:
+    """Show every detail of a webhook, its secret included, and its recent failures."""
+
+    async def work(conn: asyncpg.Connection) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+        row = await admin.get_webhook(conn, webhook_id)
+        return row, await admin.recent_failures(conn, webhook_id)
+
+    row, failures = obj.run(work)
+    failure_fields = (
+        "delivery_id",
+        "message_id",
+        "event_type",
+        "attempt",
+        "started_at",
+        "response_status",
+        "error_kind",
+        "error_message",
+    )
+    if as_json:
+        emit_json(
+            {
+                **plain(row, WEBHOOK_FIELDS),
+                "secret": row["secret"],
+                "recent_failures": [plain(f, failure_fields) for f in failures],
+            }
+        )
+        return
+    print_webhook(row, show_secret=True)
+    if failures:
+        click.echo("\nRecent failures:")
+        table(
+            [
+                (
+                    f["started_at"],
+                    f["delivery_id"],
+                    f["event_type"],
+                    f["attempt"],
+                    f["response_status"],
+                    f["error_kind"],
+                    shorten(f["error_message"], 60),
+                )
+                for f in failures
+            ],
+            ("at", "delivery", "event type", "attempt", "status", "error", "message"),
+        )
+    else:
+        click.echo("\nNo failed attempts.")
+
+
+def print_webhook(row: asyncpg.Record, show_secret: bool = False) -> None:
+    pairs: list[tuple[str, Any]] = [
+        ("id", row["id"]),
+        ("name", row["service_name"]),
+        ("url", row["url"]),
+        ("description", row["description"] or None),
+        ("status", row["status"]),
+        ("events", row["event_types"]),
+    ]
+    if show_secret:
+        pairs.append(("secret", row["secret"]))
+    pairs += [("created", row["created_at"]), ("updated", row["updated_at"])]
+    fields(pairs)
+
+
+@webhooks.command()
+@common_options
+@click.argument("webhook_id", type=int)
+@click.option("--url", help="New endpoint URL.")
+@click.option("--name", help="New service name.")
+@click.option("--description", help="New description.")
+@json_option
+@click.pass_obj
+def edit(
+    obj: Context,
+    webhook_id: int,
+    url: str | None,
+    name: str | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Change a webhook's URL, name or description."""
+    if url is None and name is None and description is None:
+        raise click.UsageError("nothing to change: give --url, --name or --description")
+    url = None if url is None else check_url(url)
+    name = None if name is None else check_name(name)
+    row = obj.run(lambda conn: admin.update_webhook(conn, webhook_id, name, url, description))
+    if as_json:
+        emit_json(plain(row, WEBHOOK_FIELDS))
+        return
+    click.echo(f"Updated webhook {webhook_id}.")
+    print_webhook(row)
+
+
+@webhooks.command(name="events")
+@common_options
+@click.argument("webhook_id", type=int)
+@click.option("--add", "to_add", multiple=True, metavar="TYPE", help="Start sending these types.")
+@click.option(
+    "--remove", "to_remove", multiple=True, metavar="TYPE", help="Stop sending these types."
+)
+@click.option("--set", "to_set", multiple=True, metavar="TYPE", help="Replace the whole list.")
+@click.option("--allow-unknown", is_flag=True, help="Accept types missing from the catalog.")
+@json_option
+@click.pass_obj
+def events_(
+    obj: Context,
+    webhook_id: int,
+    to_add: tuple[str, ...],
+    to_remove: tuple[str, ...],
+    to_set: tuple[str, ...],
+    allow_unknown: bool,
+    as_json: bool,
+) -> None:
+    """Edit the list of event types a webhook is sent (comma-separated or repeated)."""
+    if not (to_add or to_remove or to_set):
+        raise click.UsageError("nothing to change: give --add, --remove or --set")
+    replace = check_event_types(split_event_types(to_set)) if to_set else None
+    add, remove = split_event_types(to_add), split_event_types(to_remove)
+    row = obj.run(
+        lambda conn: admin.change_event_types(conn, webhook_id, add, remove, replace, allow_unknown)
+    )
+    if as_json:
+        emit_json(plain(row, WEBHOOK_FIELDS))
+        return
+    click.echo(f"Webhook {webhook_id} now receives: {', '.join(row['event_types'])}")
+
+
+def _status_command(name: str, status: str, summary: str) -> None:
+    @webhooks.command(name=name, help=summary)
+    @common_options
+    @click.argument("webhook_id", type=int)
+    @json_option
+    @click.pass_obj
+    def command(obj: Context, webhook_id: int, as_json: bool) -> None:
+        row = obj.run(lambda conn: admin.set_status(conn, webhook_id, status))
+        if as_json:
+            emit_json(plain(row, WEBHOOK_FIELDS))
+        else:
+            click.echo(f"Webhook {webhook_id} is {row['status']}.")
+
+
+_status_command(
+    "disable",
+    "disabled",
+    "Stop sending to a webhook: nothing new is queued and pending deliveries are cancelled.",
+)
+_status_command(
+    "enable",
+    "active",
+    "Start sending to a webhook again; what it missed while disabled is not replayed.",
+)
+
+
+@webhooks.command()
+@common_options
+@click.argument("webhook_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def delete(obj: Context, webhook_id: int, yes: bool) -> None:
+    """Delete a webhook; its pending deliveries are never sent. The delivery log is kept."""
+    if not yes:
+        row = obj.run(lambda conn: admin.get_webhook(conn, webhook_id))
+        click.confirm(
+            f"Delete webhook {webhook_id} ({row['service_name']}, {row['url']})?", abort=True
+        )
+    cancelled = obj.run(lambda conn: admin.delete_webhook(conn, webhook_id))
+    click.echo(f"Deleted webhook {webhook_id}; {cancelled} pending deliveries cancelled.")
+
+
+@webhooks.command()
+@common_options
+@click.argument("webhook_id", type=int)
+@click.option(
+    "--event-type",
+    help="Type of the test event (default: the webhook's first type). Its catalog sample is"
+    " the payload, if it has one.",
+)
+@json_option
+@click.pass_obj
+def test(obj: Context, webhook_id: int, event_type: str | None, as_json: bool) -> None:
+    """Send a test event now and show the request and the response."""
+    settings = obj.settings()
+    result = obj.run(lambda conn: send_test(conn, settings, webhook_id, event_type))
+    if as_json:
+        emit_json(result.as_json())
+        return
+    print_test(result)
+
+
+def print_test(result: TestResult) -> None:
+    o = result.outcome
+    click.echo(f"Request  POST {result.url}")
+    for name, value in result.request_headers:
+        click.echo(f"  {name}: {value}")
+    click.echo("")
+    click.echo(f"  {result.request_body}")
+    click.echo("")
+    if o.response_status is None:
+        click.echo(f"Response none: {o.error_kind}: {o.error_message}  ({o.duration_ms} ms)")
+    else:
+        verdict = "delivered" if o.ok else "failed"
+        click.echo(f"Response {o.response_status} ({verdict}) in {o.duration_ms} ms")
+        for name, value in o.response_headers or ():
+            click.echo(f"  {name}: {value}")
+        click.echo("")
+        body = o.response_body or ""
+        click.echo(f"  {body}" + (" …(truncated)" if o.response_truncated else ""))
+    click.echo("")
+    click.echo(
+        f"Recorded as test delivery {result.delivery_id} (message {result.message_id});"
+        f" see `dispatcher deliveries show {result.delivery_id}`."
+    )

@@ -1,0 +1,122 @@
+"""Pure checks of what a user types, with messages that name the problem.
+
+The database enforces the same rules with CHECK constraints (migration 002), so a plain SQL
+insert cannot bypass them; these run first so the CLI can say precisely what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from dispatcher.errors import DispatcherError
+
+MAX_URL_LENGTH = 2048
+MAX_NAME_LENGTH = 200
+EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ValidationError(DispatcherError):
+    """Input that breaks a rule; the message names the field and the rule."""
+
+
+def check_url(url: str) -> str:
+    """Return the URL if it is http(s), has a host, no user-info, and fits the length cap."""
+    url = url.strip()
+    if not url:
+        raise ValidationError("invalid URL: it is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise ValidationError(f"invalid URL: longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() for c in url):
+        raise ValidationError(f"invalid URL {url!r}: it contains whitespace")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError(f"invalid URL {url!r}: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValidationError(f"invalid URL {url!r}: the scheme must be http or https")
+    if parts.username is not None or "@" in parts.netloc:
+        raise ValidationError(f"invalid URL {url!r}: user-info (user:password@) is not allowed")
+    if not parts.hostname:
+        raise ValidationError(f"invalid URL {url!r}: it has no host")
+    if port == 0:
+        raise ValidationError(f"invalid URL {url!r}: port 0 is not allowed")
+    return url
+
+
+def check_name(name: str) -> str:
+    """Return the service name, trimmed, if it is 1 to 200 characters."""
+    name = name.strip()
+    if not name:
+        raise ValidationError("invalid service name: it is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationError(f"invalid service name: longer than {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def check_event_type(event_type: str, allow_star: bool = True) -> str:
+    """Return the event type if it is a dotted name (or `*` where allowed)."""
+    if allow_star and event_type == "*":
+        return event_type
+    if not EVENT_TYPE_RE.fullmatch(event_type):
+        raise ValidationError(
+            f"invalid event type {event_type!r}: use a dotted name of letters, digits, '_' and"
+            " '-', such as customer.updated" + (", or *" if allow_star else "")
+        )
+    return event_type
+
+
+def split_event_types(values: tuple[str, ...] | list[str]) -> list[str]:
+    """Turn repeated and comma-separated options into a de-duplicated, ordered list."""
+    seen: dict[str, None] = {}
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if part:
+                seen[check_event_type(part)] = None
+    return list(seen)
+
+
+def check_event_types(types: list[str]) -> list[str]:
+    """Return the list if it is not empty and every type is valid."""
+    if not types:
+        raise ValidationError("the event type list is empty: give at least one type, or *")
+    return [check_event_type(t) for t in types]
+
+
+def parse_json(text: str, what: str = "--data") -> Any:
+    """Parse JSON, or say where it is malformed."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from None
+
+
+def parse_uuid(text: str, what: str = "message id") -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ValidationError(f"invalid {what} {text!r}: expected a UUID") from None
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '90s', '15m', '2h', '7d', '1w' or a combination such as '1h30m'."""
+    compact = text.strip().lower().replace(" ", "")
+    pos = 0
+    total = 0.0
+    for match in _DURATION_RE.finditer(compact):
+        if match.start() != pos:
+            break
+        total += float(match[1]) * _UNITS[match[2]]
+        pos = match.end()
+    if not compact or pos != len(compact):
+        raise ValidationError(f"invalid duration {text!r}: use forms like 90s, 15m, 2h, 7d")
+    return timedelta(seconds=total)
