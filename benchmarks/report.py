@@ -109,6 +109,10 @@ ROWS = [
 ]
 
 
+def _load(averages: list[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in averages)
+
+
 def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -118,7 +122,9 @@ def text(result: dict[str, Any]) -> str:
     where = "embedded, temp dir" if pg["embedded"] else "DISPATCHER_DATABASE_URL"
     lines = [
         "webhook-dispatcher throughput benchmark",
-        f"machine   {m['cpu']}, {m['nproc']} CPUs, {m['ram_gib']} GiB RAM, Linux {m['kernel']}",
+        f"machine   {m['cpu']}, {m['nproc']} CPUs, {m['ram_gib']} GiB RAM, Linux {m['kernel']};"
+        f" load average 1/5/15 min before {_load(m['loadavg_before'])},"
+        f" after {_load(m['loadavg_after'])}",
         f"software  Python {m['python']}, webhook-dispatcher {m['webhook-dispatcher']}, "
         f"aiohttp {m['aiohttp']}, asyncpg {m['asyncpg']}, uvloop {m['uvloop']}",
         f"postgres  {pg['server_version']} ({where}),"
@@ -147,9 +153,12 @@ def text(result: dict[str, Any]) -> str:
     for i, r in enumerate(runs):
         for line in r["log_sample"]:
             lines.append(f"run {i + 1} daemon log: {line}")
+    lines.append("\nseconds from daemon start until 10%, 20%, ..., 100% had arrived:")
+    for i, r in enumerate(runs):
+        lines.append(f"  run {i + 1}: " + " ".join(f"{v:.1f}" for v in r["progress_trace_s"]))
     if w["rss_only"]:
         trace = " ".join(f"{v:.0f}" for v in runs[-1]["rss_trace_mb"])
-        lines.append(f"\nRSS MB at 10%, 20%, ..., 100% delivered: {trace}")
+        lines.append(f"daemon RSS MB at 10%, 20%, ..., 100% delivered: {trace}")
     p = result["pickup"]
     if p:
         lines.append(

@@ -56,7 +56,7 @@ PICKUP_TYPE = "bench.type_0"
 
 # The payload of event g; its text form (jsonb's) is also what the bare client sends.
 PAYLOAD_SQL = """jsonb_build_object(
-    'seq', g, 'amount_cents', (g * 7919) % 100000, 'currency', 'EUR',
+    'seq', g, 'amount_cents', (g::bigint * 7919) % 100000, 'currency', 'EUR',
     'customer', 'cus_' || lpad((g % 9973)::text, 8, '0'), 'note', repeat('x', 64))"""
 # Webhook i takes types i, i-1, ..., i-K+1 (mod N): every type has exactly K subscribers.
 CREATE_WEBHOOKS_SQL = """
@@ -111,7 +111,8 @@ class Run:
     log_lines: int = 0
     log_sample: list[str] = field(default_factory=list)  # the first few, cut to 300 characters
     exit_code: int | None = None
-    rss_trace_mb: list[float] = field(default_factory=list)
+    rss_trace_mb: list[float] = field(default_factory=list)  # at 10%, 20%, ... delivered
+    progress_trace_s: list[float] = field(default_factory=list)  # when 10%, 20%, ... arrived
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -289,10 +290,12 @@ class Bench:
         run.receiver_cpu_s_per_1k = (cpu_s(self.rx.pid) - rx_cpu) / count * 1000
         run.body_bytes = summary["bytes"] / count
         run.duplicates = count - run.deliveries
-        run.rss_trace_mb = [
-            next(s.rss for s in samples if s.received >= run.deliveries * tenth / 10) / 2**20
+        at_tenths = [
+            next(s for s in samples if s.received >= run.deliveries * tenth / 10)
             for tenth in range(1, 11)
         ]
+        run.rss_trace_mb = [s.rss / 2**20 for s in at_tenths]
+        run.progress_trace_s = [s.t for s in at_tenths]
         run.retried, run.failed = await db.fetchrow(OUTCOMES_SQL)
         if not self.args.rss_only:
             created = {mid: float(at) for mid, at in await db.fetch(CREATED_SQL)}
@@ -341,6 +344,7 @@ async def benchmark(
     """Run every measurement; return the result as plain data."""
     env = daemon_env(args)
     settings = load_settings(env=env)
+    load_before = os.getloadavg()
     runs: list[Run] = []
     pickup = None
     async with aiohttp.ClientSession() as session:
@@ -353,7 +357,11 @@ async def benchmark(
             runs.append(run)
             report.progress(report.run_line(run))
     return {
-        "machine": report.machine(),
+        "machine": {
+            **report.machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
         "postgresql": server,
         "workload": {
             "events": args.events,
@@ -447,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
             result = uvloop.run(benchmark(args, admin_dsn, rx_url, rx_pid, workdir))
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except (asyncpg.PostgresError, OSError) as exc:
+        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; everything it started has been stopped", file=sys.stderr)

@@ -54,7 +54,10 @@ class OutcomeWriter:
             if len(self._buffer) < self._max:
                 await asyncio.sleep(self._interval)  # let a batch gather
             try:
-                await self.flush()
+                # Shielded: if this task is cancelled at shutdown mid-write, the write still
+                # completes and leaves the buffer, and the final flush() waits on the lock
+                # instead of writing the same batch a second time.
+                await asyncio.shield(self.flush())
             except TRANSIENT_DB_ERRORS as exc:
                 delay = backoff.next()
                 log.warning(

@@ -6,13 +6,12 @@ insert cannot bypass them; these run first so the CLI can say precisely what is 
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
-
-import orjson
 
 from dispatcher.errors import DispatcherError
 
@@ -93,10 +92,14 @@ def check_event_types(types: list[str]) -> list[str]:
 
 
 def parse_json(text: str, what: str = "--data") -> Any:
-    """Parse JSON, or say where it is malformed."""
+    """Parse JSON, or say where it is malformed.
+
+    The standard library parser keeps integers of any size exact (orjson would turn those
+    beyond 64 bits into floats); callers store the original text, as SQL would.
+    """
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncpg
 import click
-import orjson
 
 from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
@@ -16,8 +15,9 @@ EVENT_TYPE_FIELDS = ("name", "description", "sample", "created_at")
 
 
 def _json_text(text: str, what: str) -> str:
-    """Validate JSON and return it re-serialized, so PostgreSQL gets exactly what we checked."""
-    return orjson.dumps(parse_json(text, what)).decode()
+    """Check that `text` is JSON and return it unchanged, for PostgreSQL to store as jsonb."""
+    parse_json(text, what)
+    return text
 
 
 @main.group(name="event-types")

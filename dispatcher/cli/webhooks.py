@@ -100,7 +100,7 @@ def list_(obj: Context, as_json: bool) -> None:
         emit_json(
             [
                 {
-                    **plain(r, ("id", "service_name", "url", "status", "event_types")),
+                    **plain(r, WEBHOOK_FIELDS),
                     "event_type_count": r["event_type_count"],
                     "deliveries_24h": r["deliveries"],
                     "failed_24h": r["failed"],

@@ -17,8 +17,8 @@ SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1 FOR UPDATE;
 
 -- name: list_webhooks
 -- Every webhook with its delivery counts over the last $1 seconds.
-SELECT w.id, w.service_name, w.url, w.status, cardinality(w.event_types) AS event_type_count,
-       w.event_types, w.created_at,
+SELECT w.id, w.service_name, w.url, w.description, w.status, w.event_types,
+       cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at,
        coalesce(c.total, 0) AS deliveries, coalesce(c.failed, 0) AS failed
 FROM dispatcher.webhooks w
 LEFT JOIN (
@@ -141,7 +141,7 @@ SELECT d.id, d.message_id, d.webhook_id, w.service_name, w.url, e.event_type,
        e.payload::text AS payload, e.created_at AS event_created_at, d.kind, d.status,
        d.attempts, d.last_response_status, d.last_error_kind, d.created_at, d.finished_at,
        CASE WHEN d.status = 'pending' AND d.lease_token IS NULL THEN d.run_at END AS next_attempt_at,
-       d.lease_token IS NOT NULL AND d.status = 'pending' AS leased
+       d.lease_token IS NOT NULL AND d.status = 'pending' AND d.run_at > now() AS leased
 FROM dispatcher.deliveries d
 LEFT JOIN dispatcher.webhooks w ON w.id = d.webhook_id
 LEFT JOIN dispatcher.events e ON e.message_id = d.message_id
@@ -178,10 +178,11 @@ SELECT (SELECT count(*) FROM candidates) AS matched, (SELECT count(*) FROM inser
 SELECT pg_notify('dispatcher_deliveries', '');
 
 -- name: queue_stats
-SELECT count(*) FILTER (WHERE lease_token IS NULL AND run_at <= now()) AS due_now,
+-- A lease whose time is up counts as due: lease_batch takes such rows again.
+SELECT count(*) FILTER (WHERE run_at <= now()) AS due_now,
        count(*) FILTER (WHERE lease_token IS NULL AND run_at > now()) AS scheduled,
-       count(*) FILTER (WHERE lease_token IS NOT NULL) AS leased,
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE lease_token IS NULL AND run_at <= now()))::float8
+       count(*) FILTER (WHERE lease_token IS NOT NULL AND run_at > now()) AS leased,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
            AS oldest_due_s
 FROM dispatcher.deliveries
 WHERE status = 'pending';

@@ -14,17 +14,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                        WHERE t IS NULL OR NOT dispatcher.valid_event_type(t, true))
 $$;
 
--- http or https, a host, no user-info, no whitespace, at most 2048 characters.
+-- http or https, a host (a name or a bracketed IPv6 address) with an optional numeric port, no
+-- user-info, no whitespace, at most 2048 characters.
 CREATE FUNCTION dispatcher.valid_url(url text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT length(url) <= 2048
-       AND url ~* '^https?://[^/?#@:[:space:]][^/?#@[:space:]]*([/?#][^[:space:]]*)?$'
+       AND url ~* ('^https?://(\[[0-9a-f:.]+\]|[^/?#@:\[\][:space:]]+)(:[1-9][0-9]{0,4})?'
+                   '([/?#][^[:space:]]*)?$')
 $$;
 
 ALTER TABLE dispatcher.webhooks
     ADD CONSTRAINT webhooks_url_valid CHECK (dispatcher.valid_url(url)),
     ADD CONSTRAINT webhooks_service_name_valid
-        CHECK (length(btrim(service_name)) BETWEEN 1 AND 200),
+        CHECK (service_name ~ '[^[:space:]]' AND length(service_name) <= 200),
     ADD CONSTRAINT webhooks_event_types_valid CHECK (dispatcher.valid_event_types(event_types));
 
 ALTER TABLE dispatcher.events

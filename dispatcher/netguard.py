@@ -1,0 +1,146 @@
+"""The SSRF guard: which addresses the daemon may connect to, checked on the address dialed.
+
+`ipaddress.is_global` alone is not enough (it passes 224.0.0.1 and 64:ff9b::7f00:1, and does
+not call ::ffff:127.0.0.1 loopback), so this is an explicit table. IPv4 written inside IPv6
+(mapped, compatible, NAT64, 6to4) is unwrapped and judged as the IPv4 address it carries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+BLOCKED_V4: tuple[ipaddress.IPv4Network, ...] = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # RFC 1918
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
+        "172.16.0.0/12",  # RFC 1918
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation (TEST-NET-1)
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",  # RFC 1918
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation (TEST-NET-2)
+        "203.0.113.0/24",  # documentation (TEST-NET-3)
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255 broadcast
+    )
+)
+BLOCKED_V6: tuple[ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/128",  # unspecified
+        "::1/128",  # loopback
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments (Teredo, benchmarking, ORCHID...)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "fc00::/7",  # unique local (incl. fd00:ec2::254, the AWS metadata endpoint)
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_6TO4 = ipaddress.IPv6Network("2002::/16")
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
+
+
+class BlockedAddress(OSError):
+    """A connection to an address the SSRF guard refuses."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            f"{address} is not a public address; add its network to allowed_networks to permit it"
+        )
+        self.address = address
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """Return the IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4)."""
+    if addr in _MAPPED:
+        return addr.ipv4_mapped
+    if addr in _SIIT:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr in _COMPATIBLE and int(addr) > 1:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr in _6TO4:
+        return addr.sixtofour
+    return None
+
+
+def is_blocked(address: str | IPAddress, allowed: Sequence[Network] = ()) -> bool:
+    """Return True if connecting to `address` must be refused."""
+    addr = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if any(addr.version == net.version and addr in net for net in allowed):
+        return False
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            return True
+        inner = embedded_ipv4(addr)
+        if inner is not None:
+            return is_blocked(inner, allowed)
+        return any(addr in net for net in BLOCKED_V6)
+    return any(addr in net for net in BLOCKED_V4)
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolve with aiohttp's resolver, refusing a name if ANY of its answers is blocked.
+
+    Refusing the whole name (rather than dropping the bad answers) follows Hook0: a name that
+    mixes public and private answers is not one a webhook should target.
+    """
+
+    def __init__(self, allowed: Sequence[Network], inner: AbstractResolver | None = None) -> None:
+        self._allowed = allowed
+        self._inner = inner or aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        for answer in answers:
+            if is_blocked(answer["host"], self._allowed):
+                raise BlockedAddress(f"{host} ({answer['host']})")
+        return answers
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def guarded_socket_factory(allowed: Sequence[Network]) -> Any:
+    """Return a TCPConnector socket_factory that refuses blocked peers at connect time.
+
+    This runs for every address aiohttp is about to dial, IP-literal URLs included, so what is
+    checked is exactly what is connected to, whatever the resolver said earlier.
+    """
+
+    def factory(addr_info: Any) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        host = sockaddr[0]
+        if is_blocked(host, allowed):
+            raise BlockedAddress(host)
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return factory
