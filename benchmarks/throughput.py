@@ -7,9 +7,12 @@ Each run gets a fresh database (on DISPATCHER_DATABASE_URL's server, else on a t
 embedded PostgreSQL). N webhooks point at benchmarks.receiver on 127.0.0.1; webhook i is
 subscribed to K event types (--fanout, default 1), so each event type has K subscribers and the
 backlog is exactly events x K deliveries, inserted by one INSERT ... SELECT over generate_series.
-A run first measures the ceiling (benchmarks.bare_client: the same bodies, the same in-flight
-cap, no database), then starts `dispatcher run` and times it until the receiver has every
-delivery and no row is pending. After the last run, idle pickup latency is measured by
+A run first measures the ceiling (benchmarks.bare_client: the same bodies, no database, and the
+daemon's effective in-flight cap, min(max_in_flight, per_endpoint_concurrency x N), since every
+webhook points at the one receiver), then starts `dispatcher run` and times it until the
+receiver has every delivery and no row is pending; a drain that makes no progress for 20 s, or
+whose RSS passes --rss-limit-mb, fails the run. The backlog is not ANALYZEd unless --analyze is
+given, as after a producer's bulk insert. After the last run, idle pickup latency is measured by
 publishing single events one at a time. The daemon sees only the DISPATCHER_* variables this
 script sets (the database URL, log level warning, and --max-in-flight etc. or --set KEY=VALUE).
 """
@@ -141,6 +144,10 @@ def stall(samples: list[Sample]) -> str | None:
     )
 
 
+def db_name(index: int) -> str:
+    return f"dispatcher_bench_{os.getpid()}_{index}"
+
+
 def cpu_s(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
@@ -193,8 +200,7 @@ class Bench:
         """Measure the ceiling, then the daemon on a fresh backlog; after the last, pickup."""
         args, label = self.args, f"run {index + 1}/{self.args.repeat}"
         run, pickup = Run(self.deliveries), None
-        name = f"dispatcher_bench_{os.getpid()}_{index}"
-        async with fresh_database(self.admin_dsn, name) as db:
+        async with fresh_database(self.admin_dsn, db_name(index)) as db:
             await db.execute(CREATE_WEBHOOKS_SQL, self.rx.base, args.webhooks, args.fanout)
             if not args.rss_only:
                 requests = max(self.deliveries, MIN_CEILING_REQUESTS)
@@ -210,29 +216,34 @@ class Bench:
             if got != self.deliveries:
                 raise BenchError(f"fan-out created {got} deliveries, not {self.deliveries}")
             report.progress(f"{label}: daemon, {self.deliveries:,} deliveries")
-            await self.rx.reset()
-            env = {**self.env, ENV_PREFIX + "DATABASE_URL": with_database(self.admin_dsn, name)}
-            log = self.workdir / f"daemon-{index}.log"
-            grace_s = self.settings.shutdown_grace_s + 10
-            try:
-                async with daemon_process(env, log, grace_s) as daemon:
-                    await self.drain(daemon, db, run)
-                    if last and not args.rss_only and args.pickup:
-                        report.progress(f"pickup: {args.pickup} single publishes")
-                        pickup = await self.pickup(env[ENV_PREFIX + "DATABASE_URL"])
-            except BenchError as exc:
-                killed = daemon.exit_code == -signal.SIGKILL
-                how = f" (SIGKILL: SIGTERM did not stop it in {grace_s:.0f} s)" if killed else ""
-                raise BenchError(
-                    f"{exc}\nthe daemon then exited with {daemon.exit_code}{how}"
-                ) from None
-            logged = daemon.log_lines()
-            run.exit_code, run.log_lines, run.log_sample = (
-                daemon.exit_code,
-                len(logged),
-                [line[:300] for line in logged[:3]],
-            )
+            pickup = await self.daemon_phase(index, db, run, with_pickup=last)
         return run, pickup
+
+    async def daemon_phase(
+        self, index: int, db: asyncpg.Pool, run: Run, with_pickup: bool
+    ) -> dict[str, float] | None:
+        """Start the daemon, time the drain, maybe measure pickup, then stop it."""
+        dsn = with_database(self.admin_dsn, db_name(index))
+        env = {**self.env, ENV_PREFIX + "DATABASE_URL": dsn}
+        grace_s = self.settings.shutdown_grace_s + 10
+        pickup = None
+        await self.rx.reset()
+        try:
+            async with daemon_process(env, self.workdir / f"daemon-{index}.log", grace_s) as daemon:
+                await self.drain(daemon, db, run)
+                if with_pickup and not self.args.rss_only and self.args.pickup:
+                    report.progress(f"pickup: {self.args.pickup} single publishes")
+                    pickup = await self.pickup(dsn)
+        except BenchError as exc:
+            killed = daemon.exit_code == -signal.SIGKILL
+            how = f" (SIGKILL: SIGTERM did not stop it in {grace_s:.0f} s)" if killed else ""
+            raise BenchError(
+                f"{exc}\nthe daemon then exited with {daemon.exit_code}{how}"
+            ) from None
+        logged = daemon.log_lines()
+        run.exit_code, run.log_lines = daemon.exit_code, len(logged)
+        run.log_sample = [line[:300] for line in logged[:3]]
+        return pickup
 
     async def ceiling(self, run: Run, requests: int, payload: str) -> None:
         """Run the bare client against the receiver; fill the ceiling fields of `run`."""
@@ -422,7 +433,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rss-only", action="store_true", help="one drain for peak RSS; no ceiling or pickup")
     add("--pickup", type=int, default=200, help="single publishes for pickup latency (0: skip)")
     add("--pickup-interval-ms", type=float, default=20.0)
-    add("--max-in-flight", type=int, help="DISPATCHER_MAX_IN_FLIGHT (also the ceiling's cap)")
+    add("--max-in-flight", type=int, help="the daemon's global in-flight cap")
     add("--per-endpoint-concurrency", type=int)
     add("--lease-batch-size", type=int)
     add("--flush-interval-s", type=float)

@@ -107,6 +107,19 @@ async def change_event_types(
         return row
 
 
+MAX_GRACE = timedelta(days=7)
+
+
+async def rotate_secret(
+    conn: asyncpg.Connection, webhook_id: int, grace: timedelta
+) -> asyncpg.Record:
+    """Give a webhook a new secret; the old one also signs until the grace period ends."""
+    if grace > MAX_GRACE:
+        raise ValidationError("invalid grace period: at most 7 days (168h)")
+    row = await conn.fetchrow(Q["rotate_secret"], webhook_id, grace.total_seconds())
+    return _require(row, f"webhook {webhook_id}")
+
+
 async def set_status(conn: asyncpg.Connection, webhook_id: int, status: str) -> asyncpg.Record:
     row = await conn.fetchrow(Q["set_status"], webhook_id, status)
     return _require(row, f"webhook {webhook_id}")

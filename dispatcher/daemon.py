@@ -69,6 +69,7 @@ async def serve(
                         log.info("migrations_applied", versions=[m.version for m in applied])
                 else:
                     await migrate.check_migrations(conn)
+            await store.set_limit(pool, "max_payload_bytes", settings.max_payload_bytes)
             session = create_session(settings)
             try:
                 await _run(settings, dsn, pool, session, stop, exit_when_idle, stats)

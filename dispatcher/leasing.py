@@ -34,7 +34,7 @@ class Leaser:
     ) -> None:
         self._pool = pool
         self._sender = sender
-        self._signer = Signer(settings.secret_header)
+        self._signer = Signer(settings)
         self._writer = writer
         self._cap = settings.max_in_flight
         self._per_webhook_cap = settings.per_endpoint_concurrency
@@ -116,7 +116,9 @@ class Leaser:
     async def _attempt(self, d: LeasedDelivery) -> None:
         try:
             body = build_body(d.message_id, d.event_type, d.created_at, d.payload)
-            headers = self._signer.headers(d.message_id, d.secret, body, int(time.time()))
+            headers = self._signer.headers(
+                d.message_id, d.secret, body, int(time.time()), d.previous_secret
+            )
             outcome = await self._sender.send(d.url, headers, body)
             row = self._writer.add(d, outcome)
             if not outcome.ok:

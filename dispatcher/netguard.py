@@ -7,10 +7,12 @@ not call ::ffff:127.0.0.1 loopback), so this is an explicit table. IPv4 written 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -144,3 +146,35 @@ def guarded_socket_factory(allowed: Sequence[Network]) -> Any:
         return socket.socket(family=family, type=type_, proto=proto)
 
     return factory
+
+
+async def target_warning(
+    url: str, allowed: Sequence[Network], timeout_s: float = 3.0
+) -> str | None:
+    """Return why the daemon would refuse `url` as things resolve now, or None if it would not.
+
+    Used by the CLI to warn when a webhook is added or edited; the daemon checks again on
+    every connection, since DNS answers change.
+    """
+    host = urlsplit(url).hostname or ""
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError):
+            return None  # nothing to judge yet; the daemon records a dns error if it persists
+        addresses = sorted({str(info[4][0]) for info in infos})
+    blocked = [a for a in addresses if is_blocked(a, allowed)]
+    if not blocked:
+        return None
+    return (
+        f"{host} resolves to {', '.join(blocked)}, which the daemon refuses to connect to"
+        " (not a public address); add the network to allowed_networks to permit it"
+    )

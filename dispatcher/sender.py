@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 
 from dispatcher import __version__
+from dispatcher.netguard import BlockedAddress, GuardedResolver, guarded_socket_factory, is_blocked
 from dispatcher.settings import Settings
 from dispatcher.signing import secret_key, sign
 
@@ -59,31 +64,59 @@ def build_body(message_id: str, event_type: str, created_at: datetime, payload_j
 class Signer:
     """Build the signed headers of an attempt; decoded keys are cached per secret."""
 
-    def __init__(self, secret_header: str) -> None:
-        self._secret_header = secret_header
+    def __init__(self, settings: Settings) -> None:
+        self._secret_header = settings.secret_header if settings.send_secret_header else None
         self._keys: dict[str, bytes] = {}
 
-    def headers(self, message_id: str, secret: str, body: bytes, timestamp: int) -> dict[str, str]:
+    def _key(self, secret: str) -> bytes:
         key = self._keys.get(secret)
         if key is None:
             key = self._keys[secret] = secret_key(secret)
-        return {
+        return key
+
+    def headers(
+        self,
+        message_id: str,
+        secret: str,
+        body: bytes,
+        timestamp: int,
+        previous_secret: str | None = None,
+    ) -> dict[str, str]:
+        """Sign with the secret, and also with the previous one while a rotation's grace lasts."""
+        signature = sign(self._key(secret), message_id, timestamp, body)
+        if previous_secret:
+            signature += " " + sign(self._key(previous_secret), message_id, timestamp, body)
+        headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "webhook-id": message_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(key, message_id, timestamp, body),
-            self._secret_header: secret,
+            "webhook-signature": signature,
         }
+        if self._secret_header:
+            headers[self._secret_header] = secret
+        return headers
 
 
-def create_session(settings: Settings) -> aiohttp.ClientSession:
-    """Create the one ClientSession the process shares for every attempt."""
+def create_session(
+    settings: Settings, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    """Create the one ClientSession the process shares for every attempt.
+
+    Unless an egress proxy does the filtering, the SSRF guard sits in two places: the resolver
+    refuses names with any blocked answer, and the socket factory refuses a blocked peer at
+    connect time, which also covers IP-literal URLs and whatever a resolver returns later.
+    """
+    guarded = settings.egress_proxy is None
+    allowed = settings.allowed
     connector = aiohttp.TCPConnector(
         limit=settings.max_in_flight,
         limit_per_host=0,
         ttl_dns_cache=300,
         keepalive_timeout=60,
+        resolver=GuardedResolver(allowed, resolver) if guarded else resolver,
+        socket_factory=guarded_socket_factory(allowed) if guarded else None,
+        local_addr=(settings.bind_address, 0) if settings.bind_address else None,
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -91,6 +124,8 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         # Proxy variables in the environment must not redirect webhook traffic.
         trust_env=False,
         skip_auto_headers=("Accept",),
+        # Bodies are decompressed by _read_capped, never past the read cap (gzip bombs).
+        auto_decompress=False,
     )
 
 
@@ -104,6 +139,8 @@ class Sender:
         )
         self._read_max = settings.response_read_max_bytes
         self._store_max = settings.response_store_max_bytes
+        self._proxy = settings.egress_proxy
+        self._allowed = settings.allowed
 
     async def send(
         self,
@@ -120,8 +157,15 @@ class Sender:
             return int((time.monotonic() - start) * 1000)
 
         try:
+            if self._proxy:
+                self._refuse_blocked_literal(url)
             async with self._session.post(
-                url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+                proxy=self._proxy,
             ) as resp:
                 raw, truncated = await self._read_capped(resp)
                 status = resp.status
@@ -161,25 +205,59 @@ class Sender:
             response_headers=response_headers,
         )
 
+    def _refuse_blocked_literal(self, url: str) -> None:
+        """Behind a proxy only IP-literal hosts can be judged here; the proxy judges names."""
+        host = urlsplit(url).hostname or ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if is_blocked(address, self._allowed):
+            raise BlockedAddress(host)
+
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        """Read at most the read cap of the (decompressed) body; report whether more was left."""
+        """Read (and decompress) at most the read cap of the body; report whether more was left.
+
+        Both the bytes read off the wire and the bytes decompressed are capped, so neither an
+        endless body nor a gzip bomb can make an attempt hold more than the cap in memory.
+        """
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+        decoder = None
+        if encoding in ("gzip", "x-gzip"):
+            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            decoder = zlib.decompressobj()
         chunks: list[bytes] = []
-        size = 0
-        while size < self._read_max:
-            chunk = await resp.content.read(self._read_max - size)
+        size = raw_size = 0
+        more = False
+        while size < self._read_max and raw_size < self._read_max:
+            chunk = await resp.content.read(self._read_max - raw_size)
             if not chunk:
-                return b"".join(chunks), False
+                break
+            raw_size += len(chunk)
+            if decoder is not None:
+                try:
+                    chunk = decoder.decompress(chunk, self._read_max - size)
+                except zlib.error:
+                    decoder = None  # not what the header claimed: keep the raw bytes
+                else:
+                    more = more or bool(decoder.unconsumed_tail)
             chunks.append(chunk)
             size += len(chunk)
-        more = not resp.content.at_eof()
+        if not more:
+            more = not resp.content.at_eof()
         if more:
             # The rest is unread; close rather than return a dirty connection to the pool.
             resp.close()
-        return b"".join(chunks), more
+        return b"".join(chunks)[: self._read_max], more
 
 
 def classify_error(exc: BaseException) -> tuple[str, bool]:
     """Map an exception from an attempt to (error kind, retryable)."""
+    if isinstance(exc, BlockedAddress) or isinstance(
+        getattr(exc, "os_error", None), BlockedAddress
+    ):
+        return "blocked_address", False
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout", True
     if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):

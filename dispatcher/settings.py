@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -43,6 +44,11 @@ class Settings:
     response_read_max_bytes: int = 65536
     response_store_max_bytes: int = 4096
     pool_max_size: int = 4
+    allowed_networks: tuple[str, ...] = ()
+    egress_proxy: str | None = None
+    bind_address: str | None = None
+    send_secret_header: bool = True
+    max_payload_bytes: int = 262144
     apply_migrations: bool = True
     log_level: str = "info"
     log_format: str = "auto"
@@ -55,6 +61,10 @@ class Settings:
     @property
     def lease_duration(self) -> timedelta:
         return timedelta(seconds=self.lease_seconds or self.request_timeout_s + 30.0)
+
+    @property
+    def allowed(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.allowed_networks)
 
     @property
     def max_attempts(self) -> int:
@@ -124,6 +134,9 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         if kind == "Path":
             return Path(str(value))
+        if kind == "tuple[str, ...]":
+            parts = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(p).strip() for p in parts if str(p).strip())
         if kind == "tuple[float, ...]":
             items = value
             if isinstance(value, str):
@@ -181,6 +194,31 @@ def _validate(s: Settings) -> None:
     )
     need(s.log_level in _LOG_LEVELS, "log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
     need(s.log_format in _LOG_FORMATS, "log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
+    for cidr in s.allowed_networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"invalid value for allowed_networks: {cidr!r} is not a network like 10.0.0.0/8"
+            ) from None
+    if s.egress_proxy is not None:
+        need(
+            s.egress_proxy.startswith(("http://", "https://")),
+            "egress_proxy",
+            "must be an http:// or https:// proxy URL",
+        )
+    if s.bind_address is not None:
+        try:
+            ipaddress.ip_address(s.bind_address)
+        except ValueError:
+            raise ConfigError(
+                f"invalid value for bind_address: {s.bind_address!r} is not an IP address"
+            ) from None
+    need(
+        1024 <= s.max_payload_bytes <= 64 * 1024 * 1024,
+        "max_payload_bytes",
+        "must be between 1024 and 67108864",
+    )
     if s.database_url is not None:
         need(
             s.database_url.startswith(("postgres://", "postgresql://")),

@@ -62,6 +62,7 @@ class LeasedDelivery:
     created_at: datetime
     url: str
     secret: str
+    previous_secret: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,7 @@ async def lease_batch(
             created_at=r["created_at"],
             url=r["url"],
             secret=r["secret"],
+            previous_secret=r["previous_secret"],
         )
         for r in rows
     ]
@@ -154,6 +156,11 @@ async def release_leases(pool: asyncpg.Pool, leases: Sequence[LeasedDelivery]) -
         await pool.execute(
             QUERIES["release_leases"], [d.id for d in leases], [d.lease_token for d in leases]
         )
+
+
+async def set_limit(pool: asyncpg.Pool, name: str, value: int) -> None:
+    """Store a limit the database enforces (see migration 003)."""
+    await pool.execute(QUERIES["set_limit"], name, value)
 
 
 async def seconds_until_next_due(pool: asyncpg.Pool) -> float | None:

@@ -81,8 +81,8 @@ async def send_test(
         )
     message_id = str(event["message_id"])
     body = build_body(message_id, event_type, event["created_at"], event["payload"])
-    headers = Signer(settings.secret_header).headers(
-        message_id, webhook["secret"], body, int(time.time())
+    headers = Signer(settings).headers(
+        message_id, webhook["secret"], body, int(time.time()), webhook["previous_secret"]
     )
     async with create_session(settings) as session:
         outcome = await Sender(settings, session).send(

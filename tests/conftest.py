@@ -16,10 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp import web
+from click.testing import CliRunner, Result
 
 from dispatcher import migrate
+from dispatcher.cli import main
 from dispatcher.daemon import RunStats, serve
 from dispatcher.settings import Settings, load_settings
 
@@ -108,6 +111,8 @@ def fast_settings(**overrides: Any) -> Settings:
         "flush_interval_s": 0.005,
         "shutdown_grace_s": 2.0,
         "log_level": "warning",
+        # The receivers are local: permit loopback, which the SSRF guard refuses by default.
+        "allowed_networks": ("127.0.0.0/8",),
     }
     base.update(overrides)
     return load_settings(env={}, overrides=base)
@@ -198,3 +203,42 @@ async def add_webhook(
 async def publish(db: asyncpg.Pool, event_type: str, payload: str = "{}") -> str:
     message_id = await db.fetchval("SELECT dispatcher.publish($1, $2::jsonb)", event_type, payload)
     return str(message_id)
+
+
+@dataclass
+class Cli:
+    """Run `dispatcher --database-url DSN ...` in a thread: the command runs its own loop."""
+
+    runner: CliRunner
+    dsn: str
+
+    async def __call__(self, *args: str, input: str | None = None) -> Result:
+        async with asyncio.timeout(60):
+            return await asyncio.to_thread(
+                self.runner.invoke, main, ["--database-url", self.dsn, *args], input=input
+            )
+
+    async def ok(self, *args: str, input: str | None = None) -> str:
+        result = await self(*args, input=input)
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result.output
+
+    async def json(self, *args: str) -> Any:
+        return orjson.loads(await self.ok(*args, "--json"))
+
+    async def error(self, *args: str) -> str:
+        """Run a command that must fail as a user error: exit 1, no traceback."""
+        result = await self(*args)
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert result.exit_code == 1, result.output
+        return result.output
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, dsn: str) -> Cli:
+    """The CLI on this test's database, with only the settings a test on loopback needs."""
+    for name in list(os.environ):
+        if name.startswith("DISPATCHER_") and name != "DISPATCHER_TEST_DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DISPATCHER_ALLOWED_NETWORKS", "127.0.0.0/8")
+    return Cli(CliRunner(), dsn)

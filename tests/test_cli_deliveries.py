@@ -3,8 +3,6 @@ deliveries: what they print, what they change, and how they fail."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -13,12 +11,9 @@ from typing import Any
 
 import asyncpg
 import orjson
-import pytest
 from aiohttp import web
-from click.testing import CliRunner, Result
 
-from dispatcher.cli import main
-from tests.conftest import Receiver, add_webhook, deliver_all, fast_settings, publish
+from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 
 DELIVERY_FIELDS = [
     "id",
@@ -45,45 +40,6 @@ ATTEMPT_FIELDS = [
     "error_kind",
     "error_message",
 ]
-
-
-@dataclass
-class Cli:
-    """Run `dispatcher --database-url DSN ...` in a thread: the command runs its own loop."""
-
-    runner: CliRunner
-    dsn: str
-
-    async def __call__(self, *args: str) -> Result:
-        async with asyncio.timeout(60):
-            return await asyncio.to_thread(
-                self.runner.invoke, main, ["--database-url", self.dsn, *args]
-            )
-
-    async def ok(self, *args: str) -> str:
-        result = await self(*args)
-        assert result.exit_code == 0, (result.output, result.exception)
-        return result.output
-
-    async def json(self, *args: str) -> Any:
-        return orjson.loads(await self.ok(*args, "--json"))
-
-    async def error(self, *args: str) -> str:
-        """Run a command that must fail with one `error: ` line and exit code 1; return it."""
-        result = await self(*args)
-        assert isinstance(result.exception, SystemExit), result.exception
-        assert result.exit_code == 1, result.output
-        assert result.output.startswith("error: ")
-        assert result.output.count("\n") == 1, result.output
-        return result.output
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, dsn: str) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("DISPATCHER_") and name != "DISPATCHER_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    return Cli(CliRunner(), dsn)
 
 
 async def count(db: asyncpg.Pool, sql: str = "", *args: Any) -> int:

@@ -3,8 +3,6 @@ recorded as a `test` delivery; no other webhook gets it and the secret is never 
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -15,11 +13,9 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
-from click.testing import CliRunner, Result
 
-from dispatcher.cli import main
 from dispatcher.signing import verify
-from tests.conftest import Receiver, add_webhook, deliver_all, fast_settings
+from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings
 
 GENERIC_PAYLOAD = {"test": True, "message": "This is a test event from webhook-dispatcher."}
 MASK = "whsec_… (the webhook's secret; `webhooks show` prints it)"
@@ -31,34 +27,6 @@ SENT_HEADERS = [
     "webhook-signature",
     "webhook-secret",
 ]
-
-
-@dataclass
-class Cli:
-    """Run `dispatcher --database-url DSN ...` in a worker thread, so this loop keeps serving the
-    receiver while the command runs its own loop."""
-
-    runner: CliRunner
-    dsn: str
-
-    async def __call__(self, *args: str) -> Result:
-        async with asyncio.timeout(60):
-            return await asyncio.to_thread(
-                self.runner.invoke, main, ["--database-url", self.dsn, *args]
-            )
-
-    async def ok(self, *args: str) -> str:
-        result = await self(*args)
-        assert result.exit_code == 0, (result.output, result.exception)
-        return result.output
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, dsn: str) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("DISPATCHER_") and name != "DISPATCHER_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    return Cli(CliRunner(), dsn)
 
 
 @dataclass

@@ -3,20 +3,15 @@ errors with exit code 1, usage errors with exit code 2, and the same input rules
 
 from __future__ import annotations
 
-import asyncio
-import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 from aiohttp import web
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from dispatcher.cli import main
-from tests.conftest import Receiver, add_webhook, deliver_all, fast_settings, publish
+from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 
 WEBHOOK_FIELDS = [
     "id",
@@ -49,36 +44,6 @@ FAILURE_FIELDS = [
     "error_message",
 ]
 BAD_TYPE_HINT = "use a dotted name of letters, digits, '_' and '-', such as customer.updated, or *"
-
-
-@dataclass
-class Cli:
-    """Run `dispatcher --database-url DSN ...` in a thread: the command runs its own loop."""
-
-    runner: CliRunner
-    dsn: str
-
-    async def __call__(self, *args: str, input: str | None = None) -> Result:
-        async with asyncio.timeout(60):
-            return await asyncio.to_thread(
-                self.runner.invoke, main, ["--database-url", self.dsn, *args], input=input
-            )
-
-    async def ok(self, *args: str, input: str | None = None) -> str:
-        result = await self(*args, input=input)
-        assert result.exit_code == 0, (result.output, result.exception)
-        return result.output
-
-    async def json(self, *args: str) -> Any:
-        return orjson.loads(await self.ok(*args, "--json"))
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, dsn: str) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("DISPATCHER_") and name != "DISPATCHER_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    return Cli(CliRunner(), dsn)
 
 
 def assert_error(result: Result, message: str) -> None:
@@ -360,7 +325,13 @@ async def test_show_json_has_secret_and_recent_failures(
 
     data = await cli.json("webhooks", "show", str(wid))
     row = await webhook_row(db, wid)
-    assert list(data) == [*WEBHOOK_FIELDS, "secret", "recent_failures"]
+    assert list(data) == [
+        *WEBHOOK_FIELDS,
+        "secret",
+        "previous_secret",
+        "previous_secret_expires_at",
+        "recent_failures",
+    ]
     assert data["secret"] == secret
     assert (data["id"], data["service_name"], data["url"]) == (wid, "Flaky", receiver.url + "/hook")
     assert (data["event_types"], data["status"], data["description"]) == (["t.x"], "active", "")

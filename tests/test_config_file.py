@@ -16,7 +16,8 @@ def test_example_config_loads_to_the_defaults() -> None:
 
 def test_example_config_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    documented = set(tomllib.loads(text)) | {"database_url"}
+    documented = set(tomllib.loads(text)) | {"database_url", "egress_proxy", "bind_address"}
     keys = {name for name in Settings.__dataclass_fields__ if not name.startswith("_")}
     assert documented == keys
-    assert "# database_url = " in text
+    for commented in ("database_url", "egress_proxy", "bind_address"):
+        assert f"# {commented} = " in text

@@ -5,7 +5,6 @@ while it is disabled, and enabling it again replays nothing."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -15,41 +14,16 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
-from click.testing import CliRunner, Result
 
 from dispatcher import store
-from dispatcher.cli import main
 from dispatcher.daemon import RunStats, serve
 from dispatcher.outcomes import OutcomeWriter
 from dispatcher.sender import Outcome
 from dispatcher.settings import Settings
-from tests.conftest import Receiver, add_webhook, deliver_all, fast_settings, publish
+from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 
 HELD = "/held"
 CONTROL = "/control"
-
-
-@dataclass
-class Cli:
-    """Run `dispatcher --database-url DSN ...` in a worker thread, so the daemon and the receiver
-    keep running in this loop while the command runs its own."""
-
-    runner: CliRunner
-    dsn: str
-
-    async def __call__(self, *args: str) -> Result:
-        async with asyncio.timeout(60):
-            return await asyncio.to_thread(
-                self.runner.invoke, main, ["--database-url", self.dsn, *args]
-            )
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, dsn: str) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("DISPATCHER_") and name != "DISPATCHER_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-    return Cli(CliRunner(), dsn)
 
 
 def settings() -> Settings:

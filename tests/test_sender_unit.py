@@ -426,7 +426,7 @@ SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
 def test_signer_headers_exact() -> None:
-    headers = Signer("webhook-secret").headers(MESSAGE_ID, SECRET, VECTOR_BODY, TIMESTAMP)
+    headers = Signer(load_settings(env={})).headers(MESSAGE_ID, SECRET, VECTOR_BODY, TIMESTAMP)
 
     assert headers == {
         "content-type": "application/json",
@@ -439,7 +439,9 @@ def test_signer_headers_exact() -> None:
 
 
 def test_signer_uses_configured_secret_header() -> None:
-    headers = Signer("x-hook-secret").headers(MESSAGE_ID, SECRET, VECTOR_BODY, TIMESTAMP)
+    headers = Signer(load_settings(env={}, overrides={"secret_header": "x-hook-secret"})).headers(
+        MESSAGE_ID, SECRET, VECTOR_BODY, TIMESTAMP
+    )
 
     assert list(headers) == [
         "content-type",
@@ -453,7 +455,7 @@ def test_signer_uses_configured_secret_header() -> None:
 
 
 def test_signer_keeps_secrets_apart() -> None:
-    signer = Signer("webhook-secret")
+    signer = Signer(load_settings(env={}))
     other = "whsec_AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
 
     first = signer.headers(MESSAGE_ID, SECRET, VECTOR_BODY, TIMESTAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -10,12 +11,14 @@ import click
 
 from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
-from dispatcher.cli.output import emit_json, fields, plain, shorten, table
+from dispatcher.cli.output import cell, emit_json, fields, plain, shorten, table
+from dispatcher.netguard import target_warning
 from dispatcher.testevent import TestResult, send_test
 from dispatcher.validation import (
     check_event_types,
     check_name,
     check_url,
+    parse_duration,
     split_event_types,
 )
 
@@ -75,6 +78,7 @@ def add(
             return await admin.add_webhook(conn, name, url, description, types)
 
     row = obj.run(work)
+    warn_if_refused(obj, url)
     if as_json:
         emit_json(plain(row, WEBHOOK_FIELDS))
         return
@@ -157,6 +161,8 @@ def show(obj: Context, webhook_id: int, as_json: bool) -> None:
             {
                 **plain(row, WEBHOOK_FIELDS),
                 "secret": row["secret"],
+                "previous_secret": row["previous_secret"],
+                "previous_secret_expires_at": row["previous_secret_expires_at"],
                 "recent_failures": [plain(f, failure_fields) for f in failures],
             }
         )
@@ -183,6 +189,13 @@ def show(obj: Context, webhook_id: int, as_json: bool) -> None:
         click.echo("\nNo failed attempts.")
 
 
+def warn_if_refused(obj: Context, url: str) -> None:
+    """Warn on stderr when the SSRF guard would refuse the URL as it resolves now."""
+    warning = asyncio.run(target_warning(url, obj.settings().allowed))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def print_webhook(row: asyncpg.Record, show_secret: bool = False) -> None:
     pairs: list[tuple[str, Any]] = [
         ("id", row["id"]),
@@ -194,6 +207,9 @@ def print_webhook(row: asyncpg.Record, show_secret: bool = False) -> None:
     ]
     if show_secret:
         pairs.append(("secret", row["secret"]))
+        if row["previous_secret"]:
+            pairs.append(("previous secret", row["previous_secret"]))
+            pairs.append(("  also signs until", row["previous_secret_expires_at"]))
     pairs += [("created", row["created_at"]), ("updated", row["updated_at"])]
     fields(pairs)
 
@@ -220,6 +236,8 @@ def edit(
     url = None if url is None else check_url(url)
     name = None if name is None else check_name(name)
     row = obj.run(lambda conn: admin.update_webhook(conn, webhook_id, name, url, description))
+    if url is not None:
+        warn_if_refused(obj, url)
     if as_json:
         emit_json(plain(row, WEBHOOK_FIELDS))
         return
@@ -259,6 +277,43 @@ def events_(
         emit_json(plain(row, WEBHOOK_FIELDS))
         return
     click.echo(f"Webhook {webhook_id} now receives: {', '.join(row['event_types'])}")
+
+
+@webhooks.command(name="rotate-secret")
+@common_options
+@click.argument("webhook_id", type=int)
+@click.option(
+    "--grace",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the old secret keeps signing too (at most 7d; 0 to drop it at once).",
+)
+@json_option
+@click.pass_obj
+def rotate_secret(obj: Context, webhook_id: int, grace: str, as_json: bool) -> None:
+    """Give a webhook a new secret; during the grace period requests carry both signatures."""
+    period = timedelta(0) if grace.strip() == "0" else parse_duration(grace)
+    row = obj.run(lambda conn: admin.rotate_secret(conn, webhook_id, period))
+    if as_json:
+        emit_json(
+            {
+                **plain(row, WEBHOOK_FIELDS),
+                "previous_secret_expires_at": row["previous_secret_expires_at"],
+            }
+        )
+        return
+    click.echo(
+        f"Webhook {webhook_id} has a new secret (see `dispatcher webhooks show {webhook_id}`)."
+    )
+    if row["previous_secret_expires_at"]:
+        until = cell(row["previous_secret_expires_at"])
+        click.echo(
+            f"The old secret also signs every request until {until} UTC;"
+            " the secret header already carries the new one."
+        )
+    else:
+        click.echo("The old secret no longer signs anything.")
 
 
 def _status_command(name: str, status: str, summary: str) -> None:

@@ -2,7 +2,10 @@
 
 -- name: webhook_columns
 -- (a fragment, not a query: the columns every webhook read returns)
-id, service_name, url, description, secret, event_types, status, created_at, updated_at
+id, service_name, url, description, secret, event_types, status, created_at, updated_at,
+CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret,
+CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
+    AS previous_secret_expires_at
 
 -- name: add_webhook
 INSERT INTO dispatcher.webhooks (service_name, url, description, event_types)
@@ -40,6 +43,16 @@ RETURNING {webhook_columns};
 
 -- name: set_event_types
 UPDATE dispatcher.webhooks SET event_types = $2 WHERE id = $1 RETURNING {webhook_columns};
+
+-- name: rotate_secret
+-- A new secret; the old one keeps signing (as a second signature) for $2 seconds.
+UPDATE dispatcher.webhooks
+SET previous_secret = CASE WHEN $2::float8 > 0 THEN secret END,
+    previous_secret_expires_at = CASE WHEN $2::float8 > 0
+                                      THEN now() + make_interval(secs => $2::float8) END,
+    secret = dispatcher.generate_secret()
+WHERE id = $1
+RETURNING {webhook_columns};
 
 -- name: set_status
 -- The webhooks_disable trigger cancels pending deliveries when this disables a webhook.

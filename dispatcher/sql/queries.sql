@@ -27,7 +27,9 @@ WITH due AS (
     RETURNING d.id, d.message_id, d.webhook_id, d.attempts
 )
 SELECT l.id, l.message_id, l.webhook_id, l.attempts, e.event_type, e.payload::text AS payload,
-       e.created_at, w.url, w.secret
+       e.created_at, w.url, w.secret,
+       CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END
+           AS previous_secret
 FROM leased l
 JOIN dispatcher.events e ON e.message_id = l.message_id
 JOIN dispatcher.webhooks w ON w.id = l.webhook_id;
@@ -79,3 +81,6 @@ WHERE d.id = r.id AND d.lease_token = r.lease_token AND d.status = 'pending';
 SELECT extract(epoch FROM min(run_at) - now())::float8
 FROM dispatcher.deliveries
 WHERE status = 'pending';
+
+-- name: set_limit
+UPDATE dispatcher.limits SET value = $2 WHERE name = $1 AND value <> $2;
