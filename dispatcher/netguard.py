@@ -8,6 +8,7 @@ not call ::ffff:127.0.0.1 loopback), so this is an explicit table. IPv4 written 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
@@ -61,16 +62,22 @@ _COMPATIBLE = ipaddress.IPv6Network("::/96")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _6TO4 = ipaddress.IPv6Network("2002::/16")
 _SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_RESERVED_V6 = ipaddress.IPv6Network("::/8")
 
 
 class BlockedAddress(OSError):
     """A connection to an address the SSRF guard refuses."""
 
     def __init__(self, address: str) -> None:
+        # (errno, strerror): aiohttp builds its ClientConnectorError message from strerror.
         super().__init__(
-            f"{address} is not a public address; add its network to allowed_networks to permit it"
+            errno.EACCES,
+            f"{address} is not a public address; add its network to allowed_networks to permit it",
         )
         self.address = address
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -99,7 +106,9 @@ def is_blocked(address: str | IPAddress, allowed: Sequence[Network] = ()) -> boo
         inner = embedded_ipv4(addr)
         if inner is not None:
             return is_blocked(inner, allowed)
-        return any(addr in net for net in BLOCKED_V6)
+        # The rest of ::/8 is reserved and carries IPv4 in forms listed one by one elsewhere
+        # (ISATAP ::5efe:a.b.c.d, ...): refuse it wholesale, as Hook0 does.
+        return addr in _RESERVED_V6 or any(addr in net for net in BLOCKED_V6)
     return any(addr in net for net in BLOCKED_V4)
 
 
