@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -237,11 +238,11 @@ class Sender:
             raw_size += len(chunk)
             if decoder is not None:
                 try:
-                    chunk = decoder.decompress(chunk, self._read_max - size)
+                    chunk, decoder, left = _inflate(decoder, chunk, self._read_max - size)
                 except zlib.error:
                     decoder = None  # not what the header claimed: keep the raw bytes
                 else:
-                    more = more or bool(decoder.unconsumed_tail)
+                    more = more or left
             chunks.append(chunk)
             size += len(chunk)
         if not more:
@@ -250,6 +251,21 @@ class Sender:
             # The rest is unread; close rather than return a dirty connection to the pool.
             resp.close()
         return b"".join(chunks)[: self._read_max], more
+
+
+def _inflate(decoder: Any, data: bytes, limit: int) -> tuple[bytes, Any, bool]:
+    """Decompress at most `limit` bytes of `data`, across gzip members (RFC 1952 allows several).
+
+    Return the output, the decoder to use for the next chunk, and whether input was left over
+    because the limit was reached.
+    """
+    out = decoder.decompress(data, limit)
+    while decoder.eof and decoder.unused_data and len(out) < limit:
+        rest = decoder.unused_data
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += decoder.decompress(rest, limit - len(out))
+    left = bool(decoder.unconsumed_tail) or (decoder.eof and bool(decoder.unused_data))
+    return out, decoder, left
 
 
 def classify_error(exc: BaseException) -> tuple[str, bool]:

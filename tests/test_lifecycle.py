@@ -21,7 +21,7 @@ async def daemon(dsn: str, **env: str) -> AsyncIterator[asyncio.subprocess.Proce
     environ = {
         **os.environ,
         "DISPATCHER_DATABASE_URL": dsn,
-        "DISPATCHER_RETRY_SCHEDULE": "",
+        "DISPATCHER_RETRY_SCHEDULE": "[]",
         "DISPATCHER_POLL_INTERVAL_S": "0.2",
         "DISPATCHER_FLUSH_INTERVAL_S": "0.005",
         "DISPATCHER_ALLOWED_NETWORKS": "127.0.0.0/8",

@@ -71,11 +71,17 @@ class Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         except asyncpg.CheckViolationError as exc:
-            click.echo(f"error: rejected by the database: {exc}", err=True)
+            click.echo(f"error: rejected by the database: {first_line(exc)}", err=True)
             sys.exit(1)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            click.echo(f"error: database: {exc}", err=True)
+            click.echo(f"error: database: {first_line(exc)}", err=True)
             sys.exit(1)
+
+
+def first_line(exc: BaseException) -> str:
+    """The message alone: asyncpg appends DETAIL and HINT lines to str(exc)."""
+    message = getattr(exc, "message", None) or str(exc)
+    return str(message).splitlines()[0] if message else type(exc).__name__
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

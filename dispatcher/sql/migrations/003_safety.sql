@@ -41,3 +41,9 @@ CREATE TRIGGER events_payload_size
 AFTER INSERT ON dispatcher.events
 REFERENCING NEW TABLE AS new_events
 FOR EACH STATEMENT EXECUTE FUNCTION dispatcher.check_payload_size();
+
+-- An UPDATE must not smuggle in what an INSERT may not.
+CREATE TRIGGER events_payload_size_update
+AFTER UPDATE ON dispatcher.events
+REFERENCING NEW TABLE AS new_events
+FOR EACH STATEMENT EXECUTE FUNCTION dispatcher.check_payload_size();
