@@ -3,18 +3,19 @@
 -- name: lease_batch
 -- $1 batch size, $2 lease seconds, $3 webhook ids with no free slot, $4 this batch's lease token.
 WITH due AS (
-    -- Oldest due rows of active webhooks; SKIP LOCKED lets other instances lease disjoint rows.
-    -- Webhooks already at their concurrency cap are skipped so their backlog cannot crowd out
-    -- the others.
+    -- Oldest due rows first; SKIP LOCKED lets other instances lease disjoint rows. Webhooks
+    -- already at their concurrency cap are skipped so their backlog cannot crowd out the
+    -- others. No join here: disabling or deleting a webhook cancels its pending rows, and a
+    -- join lets the planner trade this index range scan for a scan and sort of the whole
+    -- backlog when statistics are stale (637 ms instead of 0.2 ms at 300k rows).
     SELECT d.id
     FROM dispatcher.deliveries d
-    JOIN dispatcher.webhooks w ON w.id = d.webhook_id AND w.status = 'active'
     WHERE d.status = 'pending'
       AND d.run_at <= now()
       AND d.webhook_id <> ALL ($3::bigint[])
     ORDER BY d.run_at, d.id
     LIMIT $1
-    FOR UPDATE OF d SKIP LOCKED
+    FOR UPDATE SKIP LOCKED
 ), leased AS (
     -- The lease is a visibility timeout: run_at moves past the attempt's deadline, so rows of a
     -- crashed process become due again on their own. The token fences out late writes.
