@@ -598,3 +598,30 @@ async def test_cli_edit_does_not_warn_when_the_target_is_allowed(
     result = await cli("webhooks", "edit", str(wid), "--url", "http://[::1]:9/")
 
     assert (result.exit_code, result.stderr) == (0, "")
+
+
+async def test_bind_address_sets_the_source_address() -> None:
+    peers: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(request.remote)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        for bind, expected in ((None, "127.0.0.1"), ("127.0.0.2", "127.0.0.2")):
+            settings = fast_settings(bind_address=bind)
+            async with create_session(settings) as session:
+                outcome = await Sender(settings, session).send(
+                    f"http://127.0.0.1:{port}/", {}, b"{}"
+                )
+            assert outcome.ok, outcome
+            assert peers[-1] == expected
+    finally:
+        await runner.cleanup()
