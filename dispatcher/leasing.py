@@ -20,6 +20,8 @@ log = structlog.get_logger("dispatcher.leasing")
 # After a partial batch with due rows still present (locked by another instance for a moment),
 # look again this soon rather than after a full poll interval.
 _RECHECK_S = 0.02
+# How long to let freed slots accumulate before leasing for them.
+_GATHER_S = 0.002
 
 
 class Leaser:
@@ -48,6 +50,7 @@ class Leaser:
         self._per_webhook: Counter[int] = Counter()
         self._wake = asyncio.Event()
         self._capacity_wanted = False
+        self._capacity_woke = False
         self.leased_total = 0
 
     @property
@@ -67,11 +70,18 @@ class Leaser:
                 self._capacity_wanted = True
                 await self._sleep(self._poll_s)
                 continue
-            saturated = [w for w, n in self._per_webhook.items() if n >= self._per_webhook_cap]
+            if self._capacity_woke:
+                # Slots free up one attempt at a time; gather a few before leasing, so a backlog
+                # held back by per-webhook caps is leased in batches, not a row per query.
+                self._capacity_woke = False
+                await asyncio.sleep(_GATHER_S)
+            saturated = any(n >= self._per_webhook_cap for n in self._per_webhook.values())
             asked = min(self._batch, free)
             self._wake.clear()
             try:
-                leased = await store.lease_batch(self._pool, asked, self._lease_s, saturated)
+                leased = await store.lease_batch(
+                    self._pool, asked, self._lease_s, self._per_webhook, self._per_webhook_cap
+                )
                 skipped = self._start(leased)
                 if skipped:
                     await store.release_leases(self._pool, skipped)
@@ -145,6 +155,7 @@ class Leaser:
             # wake-up that lands during a lease query is not lost.
             if self._capacity_wanted or count >= self._per_webhook_cap:
                 self._capacity_wanted = False
+                self._capacity_woke = True
                 self._wake.set()
 
     async def drain(self, grace_s: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -101,10 +101,24 @@ async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
 
 
 async def lease_batch(
-    pool: asyncpg.Pool, limit: int, lease_s: float, saturated: Sequence[int]
+    pool: asyncpg.Pool,
+    limit: int,
+    lease_s: float,
+    in_flight: Mapping[int, int] | None = None,
+    per_webhook_cap: int = 2**31 - 1,
 ) -> list[LeasedDelivery]:
+    """Lease up to `limit` due deliveries, no more per webhook than its free slots.
+
+    `in_flight` maps webhook ids to the attempts this process has in flight for them.
+    """
+    busy = in_flight or {}
+    saturated = [w for w, n in busy.items() if n >= per_webhook_cap]
+    busy_ids = [w for w, n in busy.items() if n < per_webhook_cap]
+    free = [per_webhook_cap - busy[w] for w in busy_ids]
     token = uuid.uuid4()
-    rows = await pool.fetch(QUERIES["lease_batch"], limit, lease_s, list(saturated), token)
+    rows = await pool.fetch(
+        QUERIES["lease_batch"], limit, lease_s, saturated, token, busy_ids, free, per_webhook_cap
+    )
     return [
         LeasedDelivery(
             id=r["id"],

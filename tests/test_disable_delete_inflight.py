@@ -233,7 +233,7 @@ async def test_a_flush_cancelled_at_shutdown_does_not_write_its_batch_twice(
 ) -> None:
     await add_webhook(db, "https://x.example/", ["t.x"])
     await publish(db, "t.x")
-    [leased] = await store.lease_batch(db, 1, 60.0, [])
+    [leased] = await store.lease_batch(db, 1, 60.0)
     committed = asyncio.Event()
     reply_arrives = asyncio.Event()
     record_outcomes = store.record_outcomes
