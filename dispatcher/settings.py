@@ -49,6 +49,10 @@ class Settings:
     bind_address: str | None = None
     send_secret_header: bool = True
     max_payload_bytes: int = 262144
+    metrics_listen: str | None = None
+    retention_s: float = 7 * 86400.0
+    retention_interval_s: float = 60.0
+    retention_batch_size: int = 1000
     apply_migrations: bool = True
     log_level: str = "info"
     log_format: str = "auto"
@@ -219,6 +223,20 @@ def _validate(s: Settings) -> None:
         "max_payload_bytes",
         "must be between 1024 and 67108864",
     )
+    need(s.retention_s >= 3600, "retention_s", "must be at least 3600 (an hour)")
+    need(1 <= s.retention_interval_s <= _DAY, "retention_interval_s", "must be between 1 and 86400")
+    need(
+        10 <= s.retention_batch_size <= 100000,
+        "retention_batch_size",
+        "must be between 10 and 100000",
+    )
+    if s.metrics_listen is not None:
+        host, _, port = s.metrics_listen.rpartition(":")
+        need(
+            bool(host) and port.isdigit() and 0 < int(port) < 65536,
+            "metrics_listen",
+            "must be HOST:PORT, e.g. 127.0.0.1:9464",
+        )
     if s.database_url is not None:
         need(
             s.database_url.startswith(("postgres://", "postgresql://")),

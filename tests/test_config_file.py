@@ -16,8 +16,13 @@ def test_example_config_loads_to_the_defaults() -> None:
 
 def test_example_config_documents_every_key() -> None:
     text = EXAMPLE.read_text()
-    documented = set(tomllib.loads(text)) | {"database_url", "egress_proxy", "bind_address"}
+    documented = set(tomllib.loads(text)) | {
+        "database_url",
+        "egress_proxy",
+        "bind_address",
+        "metrics_listen",
+    }
     keys = {name for name in Settings.__dataclass_fields__ if not name.startswith("_")}
     assert documented == keys
-    for commented in ("database_url", "egress_proxy", "bind_address"):
+    for commented in ("database_url", "egress_proxy", "bind_address", "metrics_listen"):
         assert f"# {commented} = " in text
