@@ -242,3 +242,12 @@ def cli(monkeypatch: pytest.MonkeyPatch, dsn: str) -> Cli:
             monkeypatch.delenv(name)
     monkeypatch.setenv("DISPATCHER_ALLOWED_NETWORKS", "127.0.0.0/8")
     return Cli(CliRunner(), dsn)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within_s: float = 20.0, every_s: float = 0.05
+) -> None:
+    """Poll `check` until it holds: for state written by another process or connection."""
+    async with asyncio.timeout(within_s):
+        while not await check():  # noqa: ASYNC110 - nothing to wait on but the database
+            await asyncio.sleep(every_s)

@@ -104,3 +104,31 @@ WHERE status = 'pending';
 
 -- name: set_limit
 UPDATE dispatcher.limits SET value = $2 WHERE name = $1 AND value <> $2;
+
+-- name: sweep_deliveries
+-- Delete up to $2 deliveries that finished more than $1 seconds ago, with their attempts.
+-- SKIP LOCKED: several instances can sweep at once without waiting on each other.
+WITH doomed AS (
+    SELECT id
+    FROM dispatcher.deliveries
+    WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1::float8)
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), attempts_gone AS (
+    DELETE FROM dispatcher.attempts a USING doomed WHERE a.delivery_id = doomed.id
+)
+DELETE FROM dispatcher.deliveries d USING doomed WHERE d.id = doomed.id;
+
+-- name: sweep_events
+-- Delete up to $2 events older than $1 seconds that no delivery refers to any more.
+DELETE FROM dispatcher.events
+WHERE message_id IN (
+    SELECT e.message_id
+    FROM dispatcher.events e
+    WHERE e.created_at < now() - make_interval(secs => $1::float8)
+      AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.message_id = e.message_id)
+    ORDER BY e.created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+);
