@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 
 from dispatcher import store
+from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Backoff, OutcomeWriter, describe
 from dispatcher.sender import Sender, Signer, build_body
 from dispatcher.settings import Settings
@@ -33,8 +34,10 @@ class Leaser:
         pool: asyncpg.Pool,
         sender: Sender,
         writer: OutcomeWriter,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._sender = sender
         self._signer = Signer(settings)
         self._writer = writer
@@ -52,6 +55,9 @@ class Leaser:
         self._capacity_wanted = False
         self._capacity_woke = False
         self.leased_total = 0
+        if metrics is not None:
+            # Read at scrape time: nothing to update per attempt.
+            metrics.in_flight.set_function(lambda: len(self._in_flight))
 
     @property
     def in_flight(self) -> int:
@@ -67,7 +73,10 @@ class Leaser:
         while not stop.is_set():
             free = self._cap - len(self._in_flight)
             if free < (self._min_lease if self._in_flight else 1):
+                # Only a finished attempt helps now; it sets _wake again (see _attempt). A
+                # NOTIFY that lands meanwhile is not lost: the next lease finds its rows.
                 self._capacity_wanted = True
+                self._wake.clear()
                 await self._sleep(self._poll_s)
                 continue
             if self._capacity_woke:
@@ -82,6 +91,8 @@ class Leaser:
                 leased = await store.lease_batch(
                     self._pool, asked, self._lease_s, self._per_webhook, self._per_webhook_cap
                 )
+                if self._metrics is not None:
+                    self._metrics.leased(len(leased))
                 skipped = self._start(leased)
                 if skipped:
                     await store.release_leases(self._pool, skipped)
@@ -99,11 +110,21 @@ class Leaser:
                         pause = min(self._poll_s, max(next_due, _RECHECK_S))
                 backoff.reset()
             except TRANSIENT_DB_ERRORS as exc:
+                if self._metrics is not None:
+                    self._metrics.database_error("lease")
                 pause = backoff.next()
                 log.warning("database_unavailable", error=describe(exc), retry_in_s=pause)
             await self._sleep(pause)
 
     async def _sleep(self, seconds: float) -> None:
+        """Wait for _wake, at most `seconds`; always yield to the loop at least once.
+
+        Event.wait() on a set event returns without suspending, so without the explicit
+        yield a loop that finds _wake set would spin and starve every other task.
+        """
+        if self._wake.is_set():
+            await asyncio.sleep(0)
+            return
         try:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
@@ -174,6 +195,8 @@ class Leaser:
             try:
                 await asyncio.shield(store.release_leases(self._pool, abandoned))
             except TRANSIENT_DB_ERRORS as exc:
+                if self._metrics is not None:
+                    self._metrics.database_error("release_leases")
                 log.error(
                     "lease_release_failed",
                     count=len(abandoned),
