@@ -25,10 +25,16 @@ from dispatcher.sender import USER_AGENT, build_body
 # Same lengths as a real Standard Webhooks signature and secret.
 _SIGNATURE = "v1," + base64.b64encode(bytes(32)).decode()
 _SECRET = "whsec_" + base64.b64encode(bytes(32)).decode()
+EVENT_TYPE = "bench.type_0"
 
 
 async def run(
-    url: str, requests: int, concurrency: int, payload: str, event_type: str, deadline_s: float
+    url: str,
+    requests: int,
+    concurrency: int,
+    payload: str,
+    secret_header: bool,
+    deadline_s: float,
 ) -> dict[str, float]:
     """Send `requests` POSTs with `concurrency` in flight; return counts and timings."""
     connector = aiohttp.TCPConnector(
@@ -43,15 +49,16 @@ async def run(
         while remaining > 0:
             remaining -= 1
             message_id = f"00000000-0000-4000-8000-{remaining:012d}"
-            body = build_body(message_id, event_type, created_at, payload)
+            body = build_body(message_id, EVENT_TYPE, created_at, payload)
             headers = {
                 "content-type": "application/json",
                 "user-agent": USER_AGENT,
                 "webhook-id": message_id,
                 "webhook-timestamp": str(int(time.time())),
                 "webhook-signature": _SIGNATURE,
-                "webhook-secret": _SECRET,
             }
+            if secret_header:
+                headers["webhook-secret"] = _SECRET
             async with session.post(url, data=body, headers=headers) as resp:
                 await resp.read()
                 if resp.status != 200:
@@ -76,7 +83,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--payload", required=True, help="the event payload as JSON text")
-    parser.add_argument("--event-type", default="bench.type_0")
+    parser.add_argument("--no-secret-header", action="store_true", help="as the daemon may")
     parser.add_argument("--deadline-s", type=float, default=600.0)
     args = parser.parse_args()
     if not args.url.startswith("http://127.0.0.1:"):
@@ -87,7 +94,7 @@ def main() -> None:
             args.requests,
             args.concurrency,
             args.payload,
-            args.event_type,
+            not args.no_secret_header,
             args.deadline_s,
         )
     )

@@ -1,4 +1,4 @@
-"""Describe the machine and print the throughput benchmark's figures as plain-text tables."""
+"""What a benchmark run measured, and how it is printed: plain-text tables or JSON data."""
 
 from __future__ import annotations
 
@@ -6,14 +6,11 @@ import os
 import platform
 import statistics
 import sys
+from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
-
-if TYPE_CHECKING:
-    from benchmarks.throughput import Run
-
 
 SETTINGS_SHOWN = (
     "max_in_flight",
@@ -25,6 +22,44 @@ SETTINGS_SHOWN = (
     "poll_interval_s",
     "request_timeout_s",
 )
+
+
+@dataclass
+class Run:
+    """One ceiling + daemon measurement pair."""
+
+    deliveries: int
+    enqueue_s: float = 0.0
+    ceiling_rps: float | None = None
+    ceiling_cpu_s_per_1k: float | None = None
+    ceiling_body_bytes: float | None = None
+    ceiling_receiver_cpu_s_per_1k: float | None = None
+    deliveries_per_s: float = 0.0
+    ratio: float | None = None
+    wall_s: float = 0.0
+    first_receipt_s: float = 0.0
+    latency_s: list[float] = field(default_factory=list)  # p50, p95, p99
+    peak_rss_mb: float = 0.0
+    end_rss_mb: float = 0.0
+    cpu_s_per_1k: float = 0.0
+    cpu_total_s: float = 0.0
+    receiver_cpu_s_per_1k: float = 0.0
+    body_bytes: float = 0.0
+    duplicates: int = 0
+    retried: int = 0
+    failed: int = 0
+    log_lines: int = 0
+    log_sample: list[str] = field(default_factory=list)  # the first few, cut to 300 characters
+    exit_code: int | None = None
+    rss_trace_mb: list[float] = field(default_factory=list)  # at 10%, 20%, ... delivered
+    progress_trace_s: list[float] = field(default_factory=list)  # when 10%, 20%, ... arrived
+
+
+def percentiles(values: list[float], ps: tuple[float, ...] = (50, 95, 99)) -> list[float]:
+    """Return nearest-rank percentiles."""
+    ordered = sorted(values)
+    n = len(ordered)
+    return [ordered[max(0, min(n - 1, round(p / 100 * n) - 1))] for p in ps] if n else []
 
 
 def progress(message: str) -> None:

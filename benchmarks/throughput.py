@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -49,34 +48,26 @@ from benchmarks.processes import (
     receiver_process,
     run_bare_client,
 )
-from dispatcher import migrate
+from benchmarks.report import Run, percentiles
+from benchmarks.workload import (
+    CREATE_WEBHOOKS_SQL,
+    CREATED_SQL,
+    INSERT_EVENTS_SQL,
+    OUTCOMES_SQL,
+    PAYLOAD_SQL,
+    PENDING_SQL,
+    db_name,
+    fresh_database,
+    server_info,
+    with_database,
+)
 from dispatcher.settings import ENV_PREFIX, Settings, load_settings
 
+SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
 SAMPLE_EVERY_S = 0.2
 STALL_S = 20.0
 MIN_CEILING_REQUESTS = 30_000
 PICKUP_TYPE = "bench.type_0"
-
-# The payload of event g; its text form (jsonb's) is also what the bare client sends.
-PAYLOAD_SQL = """jsonb_build_object(
-    'seq', g, 'amount_cents', (g::bigint * 7919) % 100000, 'currency', 'EUR',
-    'customer', 'cus_' || lpad((g % 9973)::text, 8, '0'), 'note', repeat('x', 64))"""
-# Webhook i takes types i, i-1, ..., i-K+1 (mod N): every type has exactly K subscribers.
-CREATE_WEBHOOKS_SQL = """
-INSERT INTO dispatcher.webhooks (service_name, url, event_types)
-SELECT 'bench-' || i, $1 || '/hooks/' || i,
-       ARRAY(SELECT 'bench.type_' || ((i - j + $2) % $2) FROM generate_series(0, $3 - 1) AS j)
-FROM generate_series(0, $2 - 1) AS i"""
-INSERT_EVENTS_SQL = f"""
-INSERT INTO dispatcher.events (event_type, payload)
-SELECT 'bench.type_' || (g % $2), {PAYLOAD_SQL}
-FROM generate_series(0, $1 - 1) AS g"""
-PENDING_SQL = "SELECT count(*) FROM dispatcher.deliveries WHERE status = 'pending'"
-CREATED_SQL = "SELECT message_id::text, extract(epoch FROM created_at) FROM dispatcher.events"
-OUTCOMES_SQL = """
-SELECT count(*) FILTER (WHERE attempts > 1) AS retried,
-       count(*) FILTER (WHERE status <> 'succeeded') AS failed
-FROM dispatcher.deliveries"""
 
 
 @dataclass
@@ -85,48 +76,6 @@ class Sample:
     rss: int
     cpu_s: float
     received: int
-
-
-@dataclass
-class Run:
-    """One ceiling + daemon measurement pair."""
-
-    deliveries: int
-    enqueue_s: float = 0.0
-    ceiling_rps: float | None = None
-    ceiling_cpu_s_per_1k: float | None = None
-    ceiling_body_bytes: float | None = None
-    ceiling_receiver_cpu_s_per_1k: float | None = None
-    deliveries_per_s: float = 0.0
-    ratio: float | None = None
-    wall_s: float = 0.0
-    first_receipt_s: float = 0.0
-    latency_s: list[float] = field(default_factory=list)  # p50, p95, p99
-    peak_rss_mb: float = 0.0
-    end_rss_mb: float = 0.0
-    cpu_s_per_1k: float = 0.0
-    cpu_total_s: float = 0.0
-    receiver_cpu_s_per_1k: float = 0.0
-    body_bytes: float = 0.0
-    duplicates: int = 0
-    retried: int = 0
-    failed: int = 0
-    log_lines: int = 0
-    log_sample: list[str] = field(default_factory=list)  # the first few, cut to 300 characters
-    exit_code: int | None = None
-    rss_trace_mb: list[float] = field(default_factory=list)  # at 10%, 20%, ... delivered
-    progress_trace_s: list[float] = field(default_factory=list)  # when 10%, 20%, ... arrived
-
-
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
-def percentiles(values: list[float], ps: tuple[float, ...] = (50, 95, 99)) -> list[float]:
-    """Return nearest-rank percentiles."""
-    ordered = sorted(values)
-    n = len(ordered)
-    return [ordered[max(0, min(n - 1, round(p / 100 * n) - 1))] for p in ps] if n else []
 
 
 def stall(samples: list[Sample]) -> str | None:
@@ -144,37 +93,9 @@ def stall(samples: list[Sample]) -> str | None:
     )
 
 
-def db_name(index: int) -> str:
-    return f"dispatcher_bench_{os.getpid()}_{index}"
-
-
 def cpu_s(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_dsn: str, name: str) -> AsyncIterator[asyncpg.Pool]:
-    """Create and migrate database `name`; yield a small pool on it; drop it after."""
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        pool = await asyncpg.create_pool(with_database(admin_dsn, name), min_size=1, max_size=2)
-        try:
-            async with pool.acquire() as conn:
-                await migrate.apply_migrations(conn)
-            yield pool
-        finally:
-            await pool.close()
-    finally:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @dataclass
@@ -251,6 +172,8 @@ class Bench:
         rx_cpu = cpu_s(self.rx.pid)
         argv = ["--url", self.rx.base + "/hooks/0", "--requests", str(requests)]
         argv += ["--concurrency", str(self.in_flight_cap), "--payload", payload]
+        if not getattr(self.settings, "send_secret_header", True):
+            argv.append("--no-secret-header")
         result = await run_bare_client(argv, deadline_s=60 + requests / 500)
         summary = await self.rx.summary()
         count = summary["count"]
@@ -391,21 +314,13 @@ async def benchmark(
     }
 
 
-async def server_info(admin_dsn: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        names = ("server_version", "shared_buffers", "fsync", "synchronous_commit")
-        values: dict[str, Any] = {n: await conn.fetchval(f"SHOW {n}") for n in names}
-    finally:
-        await conn.close()
-    values["embedded"] = not os.environ.get(ENV_PREFIX + "DATABASE_URL")
-    return values
-
-
 def daemon_env(args: argparse.Namespace) -> dict[str, str]:
     """Build the daemon's environment: ours without DISPATCHER_*, plus what the options ask."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env[ENV_PREFIX + "LOG_LEVEL"] = "warning"
+    if "allowed_networks" in SETTING_NAMES:
+        # The SSRF guard blocks loopback unless told otherwise; the receiver is on 127.0.0.1.
+        env[ENV_PREFIX + "ALLOWED_NETWORKS"] = "127.0.0.1/32"
     options: dict[str, object] = {
         "max_in_flight": args.max_in_flight,
         "per_endpoint_concurrency": args.per_endpoint_concurrency,
@@ -456,6 +371,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
+    # A shell starting us in the background may have set SIGINT to be ignored; Ctrl-C must work.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with contextlib.ExitStack() as stack:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
