@@ -46,6 +46,7 @@ class Run:
     receiver_cpu_s_per_1k: float = 0.0
     body_bytes: float = 0.0
     duplicates: int = 0
+    dead_tuples: int | None = None  # with --hold-xmin-s: deliveries' dead rows at the end
     retried: int = 0
     failed: int = 0
     log_lines: int = 0
@@ -139,6 +140,7 @@ ROWS = [
     ("receiver CPU s / 1000: ceiling run", "ceiling_receiver_cpu_s_per_1k", "{:.3f}", False),
     ("body bytes: daemon / ceiling", "bytes", "{}", False),
     ("duplicates / retried / not succeeded", "outcomes", "{}", False),
+    ("dead delivery rows at the end (held xmin)", "dead_tuples", "{:,}", False),
     ("daemon log lines (level warning)", "log_lines", "{}", False),
     ("daemon exit code after SIGTERM", "exit_code", "{}", False),
 ]

@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,13 @@ class Bench:
         pickup = None
         await self.rx.reset()
         try:
-            async with daemon_process(env, self.workdir / f"daemon-{index}.log", grace_s) as daemon:
+            async with (
+                holding_xmin(dsn, self.args.hold_xmin_s),
+                daemon_process(env, self.workdir / f"daemon-{index}.log", grace_s) as daemon,
+            ):
                 await self.drain(daemon, db, run)
+                if self.args.hold_xmin_s:
+                    run.dead_tuples = await db.fetchval(DEAD_TUPLES_SQL)
                 if with_pickup and not self.args.rss_only and self.args.pickup:
                     report.progress(f"pickup: {self.args.pickup} single publishes")
                     pickup = await self.pickup(dsn)
@@ -314,6 +320,41 @@ async def benchmark(
     }
 
 
+DEAD_TUPLES_SQL = (
+    "SELECT n_dead_tup FROM pg_stat_user_tables"
+    " WHERE schemaname = 'dispatcher' AND relname = 'deliveries'"
+)
+
+
+@contextlib.asynccontextmanager
+async def holding_xmin(dsn: str, seconds: float) -> AsyncIterator[None]:
+    """Hold a REPEATABLE READ snapshot open for `seconds` (or until the block ends).
+
+    While it is held, VACUUM cannot remove the dead row versions every lease and outcome
+    leaves behind: the queue-bloat case a lease query has to survive.
+    """
+    if not seconds:
+        yield
+        return
+    conn = await asyncpg.connect(dsn)
+    tx = conn.transaction(isolation="repeatable_read")
+    await tx.start()
+    await conn.fetchval("SELECT count(*) FROM dispatcher.deliveries")  # takes the snapshot
+
+    async def release_later() -> None:
+        await asyncio.sleep(seconds)
+        await tx.rollback()
+
+    releaser = asyncio.create_task(release_later())
+    try:
+        yield
+    finally:
+        releaser.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await releaser
+        await conn.close()
+
+
 def daemon_env(args: argparse.Namespace) -> dict[str, str]:
     """Build the daemon's environment: ours without DISPATCHER_*, plus what the options ask."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
@@ -354,6 +395,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--flush-interval-s", type=float)
     add("--set", action="append", default=[], metavar="KEY=VALUE", help="another setting")
     add("--analyze", action="store_true", help="ANALYZE after the bulk insert (default: don't)")
+    add(
+        "--hold-xmin-s",
+        type=float,
+        default=0.0,
+        help="hold a snapshot open in another session for this long during each drain",
+    )
     add("--rss-limit-mb", type=int, default=4096, help="stop if the daemon's RSS passes this")
     add("--json", action="store_true", help="print one JSON object instead of the tables")
     args = parser.parse_args(argv)
