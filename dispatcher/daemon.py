@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Iterator
@@ -13,10 +14,12 @@ import aiohttp
 import asyncpg
 import structlog
 
-from dispatcher import migrate, store
+from dispatcher import migrate, notify, store
 from dispatcher.leasing import Leaser
 from dispatcher.listener import Listener
+from dispatcher.metrics import Metrics, refresh_queue_gauges, start_http
 from dispatcher.outcomes import Backoff, OutcomeWriter, describe
+from dispatcher.retention import run_retention
 from dispatcher.sender import Sender, create_session
 from dispatcher.settings import Settings
 
@@ -41,6 +44,7 @@ async def connect_pool(settings: Settings, dsn: str, stop: asyncio.Event) -> asy
         except store.TRANSIENT_DB_ERRORS as exc:
             delay = backoff.next()
             log.warning("database_unavailable", error=describe(exc), retry_in_s=delay)
+            notify.status("waiting for the database")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stop.wait()
@@ -95,21 +99,42 @@ async def _run(
         if leaser is not None:
             leaser.wake()
 
-    writer = OutcomeWriter(settings, pool, on_retry_due=retry_due)
-    leaser = Leaser(settings, pool, Sender(settings, session), writer)
-    listener = Listener(dsn, on_notify=leaser.wake)
+    metrics = Metrics()
+    writer = OutcomeWriter(settings, pool, on_retry_due=retry_due, metrics=metrics)
+    leaser = Leaser(settings, pool, Sender(settings, session), writer, metrics=metrics)
+    listener = Listener(dsn, on_notify=leaser.wake, metrics=metrics)
+    # Before any task starts: a metrics address that cannot be bound fails start-up cleanly.
+    http = None
+    if settings.metrics_listen is not None:
+        http = await start_http(
+            settings.metrics_listen, metrics, functools.partial(store.ping, pool)
+        )
     stop_waiter = asyncio.create_task(stop.wait(), name="stop-waiter")
     leasing = asyncio.create_task(leaser.run(stop, exit_when_idle), name="leaser")
     side = [
         asyncio.create_task(writer.run(), name="outcome-writer"),
         asyncio.create_task(listener.run(), name="listener"),
+        asyncio.create_task(run_retention(pool, settings), name="retention"),
     ]
+    watchdog_every = notify.watchdog_interval()
+    if watchdog_every is not None:
+        probe = functools.partial(store.ping, pool)
+        side.append(
+            asyncio.create_task(
+                notify.keep_alive(watchdog_every, probe, store.TRANSIENT_DB_ERRORS),
+                name="watchdog",
+            )
+        )
+    if http is not None:
+        side.append(asyncio.create_task(refresh_queue_gauges(pool, metrics), name="queue-gauges"))
     log.info(
         "daemon_started",
         max_in_flight=settings.max_in_flight,
         per_endpoint_concurrency=settings.per_endpoint_concurrency,
         pid=os.getpid(),
     )
+    # The pool answers, the schema is current and the session is open: leasing starts now.
+    notify.ready()
     try:
         done, _ = await asyncio.wait(
             [stop_waiter, leasing, *side], return_when=asyncio.FIRST_COMPLETED
@@ -124,6 +149,7 @@ async def _run(
                 )
     finally:
         log.info("stopping", in_flight=leaser.in_flight)
+        metrics.draining = True  # /readyz answers 503 from here on
         stop.set()
         leaser.wake()
         stop_waiter.cancel()
@@ -135,6 +161,7 @@ async def _run(
         try:
             await writer.flush()
         except store.TRANSIENT_DB_ERRORS as exc:
+            metrics.database_error("record_outcomes")
             log.error(
                 "outcome_flush_failed",
                 count=len(writer),
@@ -144,6 +171,9 @@ async def _run(
         stats.leased = leaser.leased_total
         stats.rejected_outcomes = writer.rejected
         log.info("stopped", leased=stats.leased)
+        # Last, so /readyz says "draining" for the whole drain.
+        if http is not None:
+            await http.cleanup()
     if stats.failed_task:
         raise SystemExit(f"internal task {stats.failed_task} died; see the log above")
 
@@ -158,6 +188,7 @@ def _signals(stop: asyncio.Event) -> Iterator[None]:
             log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
             os._exit(1)
         log.info("signal_received", signal=signal.Signals(signum).name)
+        notify.stopping()
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

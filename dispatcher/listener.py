@@ -8,6 +8,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Backoff, describe
 from dispatcher.store import APPLICATION_NAME, TRANSIENT_DB_ERRORS
 
@@ -19,8 +20,11 @@ log = structlog.get_logger("dispatcher.listener")
 class Listener:
     """Hold one LISTEN connection open, reconnecting with backoff when it drops."""
 
-    def __init__(self, dsn: str, on_notify: Callable[[], None]) -> None:
+    def __init__(
+        self, dsn: str, on_notify: Callable[[], None], metrics: Metrics | None = None
+    ) -> None:
         self._dsn = dsn
+        self._metrics = metrics
         self._on_notify = on_notify
         self.connected = asyncio.Event()
 
@@ -46,6 +50,8 @@ class Listener:
                 await lost.wait()
                 log.warning("listen_connection_lost")
             except TRANSIENT_DB_ERRORS as exc:
+                if self._metrics is not None:
+                    self._metrics.database_error("listen")
                 delay = backoff.next()
                 log.warning("listen_connect_failed", error=describe(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
@@ -15,6 +16,9 @@ from dispatcher.sender import Outcome
 from dispatcher.settings import Settings
 from dispatcher.store import TRANSIENT_DB_ERRORS, LeasedDelivery, OutcomeRow
 
+if TYPE_CHECKING:
+    from dispatcher.metrics import Metrics, OutcomeTag
+
 log = structlog.get_logger("dispatcher.outcomes")
 
 
@@ -22,14 +26,21 @@ class OutcomeWriter:
     """Collect outcomes and flush them every flush interval, or sooner when the batch is full."""
 
     def __init__(
-        self, settings: Settings, pool: asyncpg.Pool, on_retry_due: Callable[[], None]
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        on_retry_due: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._schedule = settings.retry_delays
         self._interval = settings.flush_interval_s
         self._max = settings.flush_max_outcomes
         self._on_retry_due = on_retry_due
         self._buffer: list[OutcomeRow] = []
+        # What the metrics need beyond the row, kept in step with _buffer (empty without metrics).
+        self._tags: list[OutcomeTag] = []
         self._arrived = asyncio.Event()
         self._lock = asyncio.Lock()
         self.rejected = 0
@@ -43,6 +54,8 @@ class OutcomeWriter:
             delivery.id, delivery.lease_token, delivery.attempt, outcome, status, retry_in_s
         )
         self._buffer.append(row)
+        if self._metrics is not None:
+            self._tags.append((delivery.webhook_id, delivery.created_at))
         self._arrived.set()
         return row
 
@@ -59,6 +72,8 @@ class OutcomeWriter:
                 # instead of writing the same batch a second time.
                 await asyncio.shield(self.flush())
             except TRANSIENT_DB_ERRORS as exc:
+                if self._metrics is not None:
+                    self._metrics.database_error("record_outcomes")
                 delay = backoff.next()
                 log.warning(
                     "outcome_write_failed",
@@ -77,12 +92,35 @@ class OutcomeWriter:
                 batch = self._buffer[: self._max]
                 written = await store.record_outcomes(self._pool, batch)
                 del self._buffer[: len(batch)]
+                tags = self._tags[: len(batch)]
+                del self._tags[: len(batch)]
                 if written < len(batch):
                     self.rejected += len(batch) - written
                     log.warning("stale_outcomes_rejected", count=len(batch) - written)
                 if any(r.status == "pending" for r in batch):
                     self._on_retry_due()
+                if self._metrics is not None:
+                    await self._count(self._metrics, batch, tags, written)
             self._arrived.clear()
+
+    async def _count(
+        self, metrics: Metrics, batch: list[OutcomeRow], tags: list[OutcomeTag], written: int
+    ) -> None:
+        """Count a written batch, telling written rows from rejected ones if only some were."""
+        metrics.database_ok()
+        if written == len(batch):
+            metrics.outcomes_written(batch, tags)
+            return
+        rejected = {(r.delivery_id, r.attempt) for r in batch}
+        if written > 0:
+            try:
+                rejected -= await store.logged_attempts(self._pool, batch)
+            except TRANSIENT_DB_ERRORS as exc:
+                # The batch is written; only its split between outcomes is unknown.
+                metrics.database_error("logged_attempts")
+                log.warning("outcomes_not_counted", count=len(batch), error=describe(exc))
+                return
+        metrics.outcomes_written(batch, tags, rejected=rejected)
 
 
 def outcome_row(

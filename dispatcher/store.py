@@ -23,6 +23,8 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # Seen when the server goes away mid-protocol during a restart.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -46,6 +48,8 @@ def _strip_comments(sql: str) -> str:
 
 
 QUERIES = load_queries("queries.sql")
+# The queue gauges use the query behind `dispatcher stats`, so the two always agree.
+_QUEUE_STATS = load_queries("admin.sql")["queue_stats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,29 @@ async def release_leases(pool: asyncpg.Pool, leases: Sequence[LeasedDelivery]) -
 async def set_limit(pool: asyncpg.Pool, name: str, value: int) -> None:
     """Store a limit the database enforces (see migration 003)."""
     await pool.execute(QUERIES["set_limit"], name, value)
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """Make one round trip through the pool; raise if the database does not answer."""
+    await pool.fetchval(QUERIES["ping"])
+
+
+async def logged_attempts(
+    pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]
+) -> set[tuple[int, int]]:
+    """Return the (delivery id, attempt) pairs of `outcomes` that have an attempt record."""
+    rows = await pool.fetch(
+        QUERIES["logged_attempts"],
+        [o.delivery_id for o in outcomes],
+        [o.attempt for o in outcomes],
+    )
+    return {(r["delivery_id"], r["attempt"]) for r in rows}
+
+
+async def queue_stats(pool: asyncpg.Pool) -> asyncpg.Record:
+    """Count pending deliveries due now, scheduled and leased: what `dispatcher stats` shows."""
+    row: asyncpg.Record = await pool.fetchrow(_QUEUE_STATS)
+    return row
 
 
 async def seconds_until_next_due(pool: asyncpg.Pool) -> float | None:

@@ -130,6 +130,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    remote: str | None = None
 
 
 Handler = Callable[[web.Request, "Receiver"], Awaitable[web.StreamResponse]]
@@ -151,7 +152,9 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        self.requests.append(
+            Received(request.path, dict(request.headers), body, time.monotonic(), request.remote)
+        )
         self.changed.set()
         self.in_progress += 1
         try:

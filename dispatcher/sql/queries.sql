@@ -95,12 +95,24 @@ SET run_at = now(), lease_token = NULL, attempts = d.attempts - 1
 FROM unnest($1::bigint[], $2::uuid[]) AS r(id, lease_token)
 WHERE d.id = r.id AND d.lease_token = r.lease_token AND d.status = 'pending';
 
+-- name: logged_attempts
+-- Which (delivery, attempt) pairs of a partly rejected outcome batch were written: only a write
+-- that held the lease logs its attempt, and a later lease always has a higher attempt number.
+SELECT a.delivery_id, a.attempt
+FROM dispatcher.attempts a
+JOIN unnest($1::bigint[], $2::int[]) AS b(delivery_id, attempt)
+  ON a.delivery_id = b.delivery_id AND a.attempt = b.attempt;
+
 -- name: seconds_until_next_due
 -- How long the leaser may sleep: the head of the due index, leased rows included (their lease
 -- expiry is when they come back). NULL when nothing is pending.
 SELECT extract(epoch FROM min(run_at) - now())::float8
 FROM dispatcher.deliveries
 WHERE status = 'pending';
+
+-- name: ping
+-- The watchdog's liveness probe: a round trip through the pool and nothing more.
+SELECT 1;
 
 -- name: set_limit
 UPDATE dispatcher.limits SET value = $2 WHERE name = $1 AND value <> $2;

@@ -1,0 +1,148 @@
+"""The shipped systemd units: hardened, notify-typed, and accepted by systemd-analyze."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dispatcher.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ["webhook-dispatcher.service", "webhook-dispatcher@.service"]
+INSTALLED_BINARY = "/opt/webhook-dispatcher/bin/dispatcher"
+MAX_EXPOSURE = 2.0
+
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def directives(unit: str) -> dict[str, dict[str, list[str]]]:
+    """Parse a unit file into {section: {key: [values in order]}} (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in (ROOT / "systemd" / unit).read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def seconds(timespan: str) -> float:
+    """Convert a systemd time span such as "45", "45s" or "1min 30s" to seconds."""
+    units = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", timespan)
+    assert parts, timespan
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def copy_for_analysis(unit: str, tmp_path: Path) -> Path:
+    """Copy `unit` into tmp_path with ExecStart pointing at a binary that exists here.
+
+    `systemd-analyze verify` fails on an ExecStart that is not executable on this machine; the
+    venv's own `dispatcher` entry point stands in for the installed one.
+    """
+    stand_in = Path(sys.executable).with_name("dispatcher")
+    binary = str(stand_in) if stand_in.exists() else shutil.which("true")
+    assert binary
+    text = (ROOT / "systemd" / unit).read_text()
+    assert INSTALLED_BINARY in text
+    copy = tmp_path / unit
+    copy.write_text(text.replace(INSTALLED_BINARY, binary))
+    return copy
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_passes_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
+    copy = copy_for_analysis(unit, tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    # Only what concerns this unit: a host may have unrelated broken units of its own.
+    about_us = [line for line in output.splitlines() if "webhook-dispatcher" in line]
+    assert result.returncode == 0, output
+    assert about_us == []
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_exposure_is_at_most_2(unit: str, tmp_path: Path) -> None:
+    copy = copy_for_analysis(unit, tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match[1]) <= MAX_EXPOSURE, result.stdout
+
+
+EXPECTED = {
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "KillMode": "mixed",
+    "Restart": "on-failure",
+    "DynamicUser": "yes",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    "SystemCallArchitectures": "native",
+    "UMask": "0077",
+    "LimitCORE": "0",
+}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_has_the_required_directives(unit: str) -> None:
+    service = directives(unit)["Service"]
+    found = {key: service.get(key, ["<missing>"])[-1] for key in EXPECTED}
+    assert found == EXPECTED
+    assert "@system-service" in service["SystemCallFilter"]
+    assert seconds(service["WatchdogSec"][-1]) > 0
+    assert service["MemoryMax"][-1]
+    assert service["EnvironmentFile"][-1].startswith("/etc/webhook-dispatcher/")
+    assert " --config /etc/webhook-dispatcher/" in service["ExecStart"][-1]
+    assert "User" not in service or service["User"][-1] not in ("root", "0")
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_stop_timeout_outlasts_the_drain(unit: str) -> None:
+    stop_s = seconds(directives(unit)["Service"]["TimeoutStopSec"][-1])
+    shipped = load_settings(ROOT / "config" / "dispatcher.toml", env={})
+    for grace_s in (Settings().shutdown_grace_s, shipped.shutdown_grace_s):
+        # The drain, then releasing leases and flushing outcomes, with room to spare.
+        assert stop_s >= grace_s + 10
+
+
+def test_template_differs_from_the_single_unit_only_in_its_instance_paths() -> None:
+    single, template = (directives(unit)["Service"] for unit in UNITS)
+    assert template["ExecStart"] == [
+        f"{INSTALLED_BINARY} --config /etc/webhook-dispatcher/%i.toml run"
+    ]
+    assert template["EnvironmentFile"] == ["/etc/webhook-dispatcher/%i.env"]
+    for key in ("ExecStart", "EnvironmentFile"):
+        del single[key], template[key]
+    assert single == template
