@@ -32,20 +32,20 @@ async def sweep_once(pool: asyncpg.Pool, retention_s: float, batch: int) -> Swep
     Each statement is its own short transaction, so a sweep of millions of rows never holds
     locks or a snapshot for long, and the lease loop runs between batches.
     """
-    swept = Swept()
+    deliveries = await _sweep(pool, "sweep_deliveries", retention_s, batch)
+    events = await _sweep(pool, "sweep_events", retention_s, batch)
+    return Swept(deliveries, events)
+
+
+async def _sweep(pool: asyncpg.Pool, query: str, retention_s: float, batch: int) -> int:
+    """Run a batched delete until a batch comes back short; return the rows deleted."""
+    total = 0
     while True:
-        n = _count(await pool.execute(QUERIES["sweep_deliveries"], retention_s, batch))
-        swept.deliveries += n
+        n = _count(await pool.execute(QUERIES[query], retention_s, batch))
+        total += n
         if n < batch:
-            break
+            return total
         await asyncio.sleep(0)
-    while True:
-        n = _count(await pool.execute(QUERIES["sweep_events"], retention_s, batch))
-        swept.events += n
-        if n < batch:
-            break
-        await asyncio.sleep(0)
-    return swept
 
 
 async def run_retention(pool: asyncpg.Pool, settings: Settings) -> None:
