@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,3 +256,38 @@ async def eventually(
     async with asyncio.timeout(within_s):
         while not await check():  # noqa: ASYNC110 - nothing to wait on but the database
             await asyncio.sleep(every_s)
+
+
+@asynccontextmanager
+async def daemon_process(
+    dsn: str, stdout: int = asyncio.subprocess.PIPE, **env: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run `dispatcher run` as a real process on `dsn`; kill it if the test leaves it running.
+
+    It sees none of the caller's DISPATCHER_* variables, only loopback-friendly test settings
+    and `env`. With stdout=PIPE, its JSON log lines (and stderr) can be read from proc.stdout.
+    """
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
+        "DISPATCHER_DATABASE_URL": dsn,
+        "DISPATCHER_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "DISPATCHER_POLL_INTERVAL_S": "0.2",
+        "DISPATCHER_FLUSH_INTERVAL_S": "0.005",
+        "DISPATCHER_LOG_FORMAT": "json",
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatcher",
+        "run",
+        env=environ,
+        stdout=stdout,
+        stderr=asyncio.subprocess.STDOUT if stdout == asyncio.subprocess.PIPE else stdout,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

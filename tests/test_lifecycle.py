@@ -3,47 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 import orjson
 from aiohttp import web
 
-from tests.conftest import Receiver, add_webhook
+from tests.conftest import Receiver, add_webhook, daemon_process
 
 
-@asynccontextmanager
-async def daemon(dsn: str, **env: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    environ = {
-        **os.environ,
-        "DISPATCHER_DATABASE_URL": dsn,
-        "DISPATCHER_RETRY_SCHEDULE": "[]",
-        "DISPATCHER_POLL_INTERVAL_S": "0.2",
-        "DISPATCHER_FLUSH_INTERVAL_S": "0.005",
-        "DISPATCHER_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "DISPATCHER_LOG_FORMAT": "json",
-        **env,
-    }
-    environ.pop("DISPATCHER_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        "run",
-        env=environ,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+def daemon(dsn: str, **env: str) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """`dispatcher run` with its log on stdout and no retries unless asked."""
+    return daemon_process(dsn, **{"DISPATCHER_RETRY_SCHEDULE": "[]", **env})
 
 
 async def read_log_until(

@@ -4,14 +4,12 @@ two instances on one database."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import tempfile
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,14 @@ from aiohttp import web
 from dispatcher import migrate
 from dispatcher.daemon import serve
 from dispatcher.settings import Settings
-from tests.conftest import Receiver, add_webhook, eventually, fast_settings, with_database
+from tests.conftest import (
+    Receiver,
+    add_webhook,
+    daemon_process,
+    eventually,
+    fast_settings,
+    with_database,
+)
 
 
 def delaying(seconds: float) -> Any:
@@ -194,31 +199,10 @@ async def test_started_while_the_database_is_down_it_waits_then_delivers(
 # --- kill -9 and two instances ------------------------------------------------------------
 
 
-@asynccontextmanager
-async def daemon_process(dsn: str, **env: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
-        "DISPATCHER_DATABASE_URL": dsn,
-        "DISPATCHER_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "DISPATCHER_LOG_LEVEL": "warning",
-        "DISPATCHER_LOG_FORMAT": "json",
-        **env,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        "run",
-        env=environ,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+def quiet_daemon(dsn: str, **env: str) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    return daemon_process(
+        dsn, stdout=asyncio.subprocess.DEVNULL, DISPATCHER_LOG_LEVEL="warning", **env
     )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_kill_9_loses_nothing_and_duplicates_stay_within_what_was_leased(
@@ -234,7 +218,7 @@ async def test_kill_9_loses_nothing_and_duplicates_stay_within_what_was_leased(
         "DISPATCHER_LEASE_SECONDS": "3",
         "DISPATCHER_POLL_INTERVAL_S": "0.2",
     }
-    async with daemon_process(dsn, **fast) as first:
+    async with quiet_daemon(dsn, **fast) as first:
         await receiver.wait_for(500, within_s=60)
         first.send_signal(signal.SIGKILL)
         assert await first.wait() == -signal.SIGKILL
@@ -244,7 +228,7 @@ async def test_kill_9_loses_nothing_and_duplicates_stay_within_what_was_leased(
     )
     assert leased_at_kill > 0
 
-    async with daemon_process(dsn, **fast) as second:
+    async with quiet_daemon(dsn, **fast) as second:
         await eventually(lambda: all_succeeded(db, 3000), within_s=120)
         second.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
@@ -284,8 +268,8 @@ async def test_two_instances_share_the_work_and_never_hold_one_delivery_twice(
     await publish_many(db, 2000)
     env = {"DISPATCHER_MAX_IN_FLIGHT": "32", "DISPATCHER_PER_ENDPOINT_CONCURRENCY": "32"}
     async with (
-        daemon_process(dsn, **env, DISPATCHER_BIND_ADDRESS="127.0.0.2") as a,
-        daemon_process(dsn, **env, DISPATCHER_BIND_ADDRESS="127.0.0.3") as b,
+        quiet_daemon(dsn, **env, DISPATCHER_BIND_ADDRESS="127.0.0.2") as a,
+        quiet_daemon(dsn, **env, DISPATCHER_BIND_ADDRESS="127.0.0.3") as b,
     ):
         await eventually(lambda: all_succeeded(db, 2000), within_s=120)
         for proc in (a, b):
