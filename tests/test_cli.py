@@ -89,3 +89,34 @@ def test_unreachable_database_is_one_line_and_exit_1(runner: CliRunner) -> None:
 )
 def test_redact_hides_only_the_password(dsn: str, shown: str) -> None:
     assert redact(dsn) == shown
+
+
+def test_without_a_database_url_the_cli_uses_the_embedded_server(tmp_path: Path) -> None:
+    """The README quick start: no configuration at all, the embedded default."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env["DISPATCHER_STATE_DIR"] = str(tmp_path / "state")
+
+    def dispatcher(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dispatcher", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    migrated = dispatcher("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    added = dispatcher(
+        "webhooks", "add", "--name", "Z", "--url", "https://z.example/h", "--events", "a.b"
+    )
+    assert added.returncode == 0, added.stderr
+    listed = dispatcher("webhooks", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "https://z.example/h" in listed.stdout
+    # The last process to exit stopped the server it started.
+    assert not (tmp_path / "state" / "pgdata" / "postmaster.pid").exists()

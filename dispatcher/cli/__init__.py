@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -42,21 +41,17 @@ class Context:
 
         return start_embedded(settings.state_dir)
 
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[asyncpg.Connection]:
-        """Open one connection for a management command."""
-        conn = await asyncpg.connect(self.dsn(self.settings()))
-        try:
-            yield conn
-        finally:
-            await conn.close()
-
     def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `work` with a connection, in a fresh event loop."""
+        """Run `work` with one connection, in a fresh event loop."""
+        # Resolved before the loop starts: starting the embedded server runs its own loop.
+        dsn = self.dsn(self.settings())
 
         async def go() -> T:
-            async with self.connect() as conn:
+            conn = await asyncpg.connect(dsn)
+            try:
                 return await work(conn)
+            finally:
+                await conn.close()
 
         return asyncio.run(go())
 
