@@ -9,7 +9,3 @@ class DispatcherError(Exception):
 
 class ConfigError(DispatcherError):
     """A configuration value is missing or invalid; the message names the key."""
-
-
-class DatabaseUnavailable(DispatcherError):
-    """The database cannot be reached."""

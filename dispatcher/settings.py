@@ -68,7 +68,9 @@ class Settings:
 
     @property
     def allowed(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(n, strict=False) for n in self.allowed_networks)
+        from dispatcher.netguard import parse_networks
+
+        return parse_networks(self.allowed_networks)
 
     @property
     def max_attempts(self) -> int:
