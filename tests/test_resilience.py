@@ -133,6 +133,10 @@ class PrivateServer:
         )
 
     def cleanup(self) -> None:
+        # After a restart the library's handle points at the old postmaster and would delete
+        # the data directory under the running new one: stop that one first.
+        if (self.pgdata / "postmaster.pid").exists():
+            self.stop()
         self.server.cleanup()
 
 
