@@ -4,6 +4,7 @@ two instances on one database."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import tempfile
 import warnings
@@ -138,6 +139,7 @@ class PrivateServer:
         if (self.pgdata / "postmaster.pid").exists():
             self.stop()
         self.server.cleanup()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture
