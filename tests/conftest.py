@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ def server_dsn() -> Iterator[str]:
         server = get_server(tmp / "pgdata", cleanup_mode="delete")
     yield server.get_uri("postgres")
     server.cleanup()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
