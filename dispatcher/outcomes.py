@@ -90,37 +90,22 @@ class OutcomeWriter:
         async with self._lock:
             while self._buffer:
                 batch = self._buffer[: self._max]
-                written = await store.record_outcomes(self._pool, batch)
+                written = await store.write_outcomes(self._pool, batch)
                 del self._buffer[: len(batch)]
                 tags = self._tags[: len(batch)]
                 del self._tags[: len(batch)]
-                if written < len(batch):
-                    self.rejected += len(batch) - written
-                    log.warning("stale_outcomes_rejected", count=len(batch) - written)
+                rejected = {
+                    (r.delivery_id, r.attempt) for r in batch if r.delivery_id not in written
+                }
+                if rejected:
+                    self.rejected += len(rejected)
+                    log.warning("stale_outcomes_rejected", count=len(rejected))
                 if any(r.status == "pending" for r in batch):
                     self._on_retry_due()
                 if self._metrics is not None:
-                    await self._count(self._metrics, batch, tags, written)
+                    self._metrics.database_ok()
+                    self._metrics.outcomes_written(batch, tags, rejected=rejected)
             self._arrived.clear()
-
-    async def _count(
-        self, metrics: Metrics, batch: list[OutcomeRow], tags: list[OutcomeTag], written: int
-    ) -> None:
-        """Count a written batch, telling written rows from rejected ones if only some were."""
-        metrics.database_ok()
-        if written == len(batch):
-            metrics.outcomes_written(batch, tags)
-            return
-        rejected = {(r.delivery_id, r.attempt) for r in batch}
-        if written > 0:
-            try:
-                rejected -= await store.logged_attempts(self._pool, batch)
-            except TRANSIENT_DB_ERRORS as exc:
-                # The batch is written; only its split between outcomes is unknown.
-                metrics.database_error("logged_attempts")
-                log.warning("outcomes_not_counted", count=len(batch), error=describe(exc))
-                return
-        metrics.outcomes_written(batch, tags, rejected=rejected)
 
 
 def outcome_row(

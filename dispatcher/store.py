@@ -141,14 +141,19 @@ async def lease_batch(
     ]
 
 
-async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]) -> int:
-    """Write a batch of outcomes in one statement; return how many leases were still ours."""
+async def write_outcomes(pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]) -> set[int]:
+    """Write a batch of outcomes in one statement; return the delivery ids still leased to us."""
     columns: list[list[Any]] = [[] for _ in range(12)]
     for o in outcomes:
         for column, value in zip(columns, _outcome_values(o), strict=True):
             column.append(value)
-    written: int = await pool.fetchval(QUERIES["record_outcomes"], *columns)
-    return written
+    written: list[int] = await pool.fetchval(QUERIES["record_outcomes"], *columns)
+    return set(written)
+
+
+async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]) -> int:
+    """Write a batch of outcomes; return how many leases were still ours."""
+    return len(await write_outcomes(pool, outcomes))
 
 
 def _outcome_values(o: OutcomeRow) -> tuple[Any, ...]:
@@ -184,18 +189,6 @@ async def set_limit(pool: asyncpg.Pool, name: str, value: int) -> None:
 async def ping(pool: asyncpg.Pool) -> None:
     """Make one round trip through the pool; raise if the database does not answer."""
     await pool.fetchval(QUERIES["ping"])
-
-
-async def logged_attempts(
-    pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]
-) -> set[tuple[int, int]]:
-    """Return the (delivery id, attempt) pairs of `outcomes` that have an attempt record."""
-    rows = await pool.fetch(
-        QUERIES["logged_attempts"],
-        [o.delivery_id for o in outcomes],
-        [o.attempt for o in outcomes],
-    )
-    return {(r["delivery_id"], r["attempt"]) for r in rows}
 
 
 async def queue_stats(pool: asyncpg.Pool) -> asyncpg.Record:

@@ -236,18 +236,18 @@ async def test_a_flush_cancelled_at_shutdown_does_not_write_its_batch_twice(
     [leased] = await store.lease_batch(db, 1, 60.0)
     committed = asyncio.Event()
     reply_arrives = asyncio.Event()
-    record_outcomes = store.record_outcomes
+    write_outcomes = store.write_outcomes
 
     async def commit_then_slow_reply(
         pool: asyncpg.Pool, outcomes: Sequence[store.OutcomeRow]
-    ) -> int:
+    ) -> set[int]:
         # The statement commits in PostgreSQL; its reply is still on its way to the client.
-        written = await record_outcomes(pool, outcomes)
+        written = await write_outcomes(pool, outcomes)
         committed.set()
         await reply_arrives.wait()
         return written
 
-    monkeypatch.setattr(store, "record_outcomes", commit_then_slow_reply)
+    monkeypatch.setattr(store, "write_outcomes", commit_then_slow_reply)
     writer = OutcomeWriter(settings(), db, on_retry_due=lambda: None)
     flusher = asyncio.create_task(writer.run(), name="outcome-writer")
     writer.add(

@@ -86,7 +86,8 @@ WITH o AS (
     FROM o JOIN updated u ON u.id = o.delivery_id
     RETURNING delivery_id
 )
-SELECT count(*) FROM logged;
+-- The deliveries whose outcome was written; the rest of the batch was refused.
+SELECT coalesce(array_agg(delivery_id), '{}') FROM logged;
 
 -- name: release_leases
 -- Hand back leased rows that were never attempted: due at once, and the attempt not counted.
@@ -94,14 +95,6 @@ UPDATE dispatcher.deliveries d
 SET run_at = now(), lease_token = NULL, attempts = d.attempts - 1
 FROM unnest($1::bigint[], $2::uuid[]) AS r(id, lease_token)
 WHERE d.id = r.id AND d.lease_token = r.lease_token AND d.status = 'pending';
-
--- name: logged_attempts
--- Which (delivery, attempt) pairs of a partly rejected outcome batch were written: only a write
--- that held the lease logs its attempt, and a later lease always has a higher attempt number.
-SELECT a.delivery_id, a.attempt
-FROM dispatcher.attempts a
-JOIN unnest($1::bigint[], $2::int[]) AS b(delivery_id, attempt)
-  ON a.delivery_id = b.delivery_id AND a.attempt = b.attempt;
 
 -- name: seconds_until_next_due
 -- How long the leaser may sleep: the head of the due index, leased rows included (their lease
