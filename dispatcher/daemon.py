@@ -100,8 +100,12 @@ async def _run(
             leaser.wake()
 
     metrics = Metrics()
-    writer = OutcomeWriter(settings, pool, on_retry_due=retry_due, metrics=metrics)
-    leaser = Leaser(settings, pool, Sender(settings, session), writer, metrics=metrics)
+    # The two hot loops each hold a connection of their own: no pool acquire and reset per
+    # statement, and neither waits behind the other or behind retention.
+    lease_conn = store.DedicatedConnection(dsn, "lease")
+    outcome_conn = store.DedicatedConnection(dsn, "outcomes")
+    writer = OutcomeWriter(settings, outcome_conn, on_retry_due=retry_due, metrics=metrics)
+    leaser = Leaser(settings, lease_conn, Sender(settings, session), writer, metrics=metrics)
     listener = Listener(dsn, on_notify=leaser.wake, metrics=metrics)
     # Before any task starts: a metrics address that cannot be bound fails start-up cleanly.
     http = None
@@ -168,6 +172,8 @@ async def _run(
                 error=describe(exc),
                 note="these deliveries are sent again when their leases expire",
             )
+        await lease_conn.close()
+        await outcome_conn.close()
         stats.leased = leaser.leased_total
         stats.rejected_outcomes = writer.rejected
         log.info("stopped", leased=stats.leased)

@@ -1,24 +1,24 @@
-"""The lease loop: take capacity, lease a batch, start one attempt per leased delivery."""
+"""The lease loop: take capacity, lease a batch, hand each delivery to a sender worker."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
+from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 
 from dispatcher import store
 from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Backoff, OutcomeWriter, describe
-from dispatcher.sender import Sender, Signer, build_body
+from dispatcher.sender import Outcome, Sender, Signer, build_body
 from dispatcher.settings import Settings
-from dispatcher.store import TRANSIENT_DB_ERRORS, LeasedDelivery
+from dispatcher.store import TRANSIENT_DB_ERRORS, DedicatedConnection, LeasedDelivery
 
 log = structlog.get_logger("dispatcher.leasing")
 
-# After a partial batch with due rows still present (locked by another instance for a moment),
+# After a lease that found due rows it could not take (locked by another instance for a moment),
 # look again this soon rather than after a full poll interval.
 _RECHECK_S = 0.02
 # How long to let freed slots accumulate before leasing for them.
@@ -26,17 +26,22 @@ _GATHER_S = 0.002
 
 
 class Leaser:
-    """Lease due deliveries on demand and send them under a global and a per-webhook cap."""
+    """Lease due deliveries on demand and send them under a global and a per-webhook cap.
+
+    A fixed set of worker coroutines (one per slot of max_in_flight) takes leased deliveries
+    from a deque, so no task is created per delivery. One sweep enforces request_timeout_s for
+    every attempt in flight, instead of a timer per request.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        conn: DedicatedConnection,
         sender: Sender,
         writer: OutcomeWriter,
         metrics: Metrics | None = None,
     ) -> None:
-        self._pool = pool
+        self._conn = conn
         self._metrics = metrics
         self._sender = sender
         self._signer = Signer(settings)
@@ -49,7 +54,16 @@ class Leaser:
         self._min_lease = max(1, min(self._batch, self._cap) // 4)
         self._lease_s = settings.lease_duration.total_seconds()
         self._poll_s = settings.poll_interval_s
-        self._in_flight: dict[int, tuple[asyncio.Task[None], LeasedDelivery]] = {}
+        self._timeout_s = settings.request_timeout_s
+        self._cursor = 0
+        # Leased and not finished: waiting in _ready, or being sent by a worker.
+        self._in_flight: dict[int, LeasedDelivery] = {}
+        self._ready: deque[LeasedDelivery] = deque()
+        self._idle: deque[asyncio.Future[LeasedDelivery]] = deque()
+        # The attempt each worker is sending now, with its deadline; read by the sweep.
+        self._sending: dict[asyncio.Task[None], tuple[LeasedDelivery, float]] = {}
+        self._timed_out: set[asyncio.Task[None]] = set()
+        self._workers: list[asyncio.Task[None]] = []
         self._per_webhook: Counter[int] = Counter()
         self._wake = asyncio.Event()
         self._capacity_wanted = False
@@ -69,11 +83,22 @@ class Leaser:
 
     async def run(self, stop: asyncio.Event, exit_when_idle: bool = False) -> None:
         """Lease until `stop` is set, or, with exit_when_idle, until nothing is pending."""
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"sender-{i}") for i in range(self._cap)
+        ]
+        sweep = asyncio.create_task(self._sweep(), name="timeout-sweep")
+        try:
+            await self._lease_loop(stop, exit_when_idle)
+        finally:
+            sweep.cancel()
+            await asyncio.gather(sweep, return_exceptions=True)
+
+    async def _lease_loop(self, stop: asyncio.Event, exit_when_idle: bool) -> None:
         backoff = Backoff()
         while not stop.is_set():
             free = self._cap - len(self._in_flight)
             if free < (self._min_lease if self._in_flight else 1):
-                # Only a finished attempt helps now; it sets _wake again (see _attempt). A
+                # Only a finished attempt helps now; it sets _wake again (see _finish). A
                 # NOTIFY that lands meanwhile is not lost: the next lease finds its rows.
                 self._capacity_wanted = True
                 self._wake.clear()
@@ -84,37 +109,51 @@ class Leaser:
                 # held back by per-webhook caps is leased in batches, not a row per query.
                 self._capacity_woke = False
                 await asyncio.sleep(_GATHER_S)
-            saturated = any(n >= self._per_webhook_cap for n in self._per_webhook.values())
             asked = min(self._batch, free)
             self._wake.clear()
             try:
-                leased = await store.lease_batch(
-                    self._pool, asked, self._lease_s, self._per_webhook, self._per_webhook_cap
+                conn = await self._conn.get()
+                lease = await store.lease_batch(
+                    conn,
+                    asked,
+                    self._lease_s,
+                    self._per_webhook,
+                    self._per_webhook_cap,
+                    self._cursor,
                 )
-                if self._metrics is not None:
-                    self._metrics.leased(len(leased))
-                skipped = self._start(leased)
-                if skipped:
-                    await store.release_leases(self._pool, skipped)
-                if len(leased) == asked and not skipped:
-                    backoff.reset()
-                    continue  # a full batch: more is probably due
-                pause = self._poll_s
-                # With webhooks at their cap, the attempt that frees one of their slots wakes
-                # the loop (see _attempt); otherwise sleep until the next row falls due.
-                if not (saturated or skipped):
-                    next_due = await store.seconds_until_next_due(self._pool)
-                    if next_due is None and exit_when_idle:
-                        return
-                    if next_due is not None:
-                        pause = min(self._poll_s, max(next_due, _RECHECK_S))
                 backoff.reset()
             except TRANSIENT_DB_ERRORS as exc:
                 if self._metrics is not None:
                     self._metrics.database_error("lease")
                 pause = backoff.next()
                 log.warning("database_unavailable", error=describe(exc), retry_in_s=pause)
+                await self._sleep(pause)
+                continue
+            self._cursor = lease.next_cursor
+            if self._metrics is not None:
+                self._metrics.leased(len(lease.deliveries))
+            self._start(lease.deliveries)
+            if lease.deliveries or self._cursor:
+                # Rows came back, or webhooks past the cursor are still to be visited: there is
+                # probably more. A webhook at its cap is not offered rows, so this does not spin
+                # on a backlog held back by caps: the next lease returns nothing.
+                continue
+            if lease.next_due_s is None:
+                if exit_when_idle and not self._in_flight:
+                    return
+                pause = self._poll_s
+            elif lease.next_due_s > 0:
+                pause = min(self._poll_s, lease.next_due_s)
+            elif self._in_flight:
+                # Due rows it could not take: webhooks at their cap, whose next finished
+                # attempt wakes the loop, or rows another instance holds for a moment.
+                pause = self._poll_s if self._per_webhook_saturated() else _RECHECK_S
+            else:
+                pause = _RECHECK_S
             await self._sleep(pause)
+
+    def _per_webhook_saturated(self) -> bool:
+        return any(n >= self._per_webhook_cap for n in self._per_webhook.values())
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for _wake, at most `seconds`; always yield to the loop at least once.
@@ -131,69 +170,134 @@ class Leaser:
         except TimeoutError:
             pass
 
-    def _start(self, leased: list[LeasedDelivery]) -> list[LeasedDelivery]:
-        """Start an attempt for each leased row whose webhook has a free slot; return the rest."""
-        skipped = []
+    def _start(self, leased: list[LeasedDelivery]) -> None:
+        """Hand each leased delivery to an idle worker, or queue it for the next free one."""
         for delivery in leased:
-            if self._per_webhook[delivery.webhook_id] >= self._per_webhook_cap:
-                skipped.append(delivery)
-                continue
             self._per_webhook[delivery.webhook_id] += 1
-            task = asyncio.create_task(self._attempt(delivery), name=f"delivery-{delivery.id}")
-            self._in_flight[delivery.id] = (task, delivery)
-        self.leased_total += len(leased) - len(skipped)
-        return skipped
+            self._in_flight[delivery.id] = delivery
+            if self._idle:
+                self._idle.popleft().set_result(delivery)
+            else:
+                self._ready.append(delivery)
+        self.leased_total += len(leased)
+
+    async def _work(self) -> None:
+        """Send leased deliveries one at a time, forever; the owner cancels it at shutdown."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._ready:
+                delivery = self._ready.popleft()
+            else:
+                waiter: asyncio.Future[LeasedDelivery] = loop.create_future()
+                self._idle.append(waiter)
+                delivery = await waiter
+            try:
+                await self._attempt(delivery)
+            except Exception:
+                # A bug, not an HTTP failure (those are Outcomes). Keep the worker; the lease
+                # expires and the delivery is attempted again.
+                log.exception("attempt_crashed", delivery_id=delivery.id)
+                if delivery.id in self._in_flight:
+                    self._finish(delivery)
 
     async def _attempt(self, d: LeasedDelivery) -> None:
-        try:
-            body = build_body(d.message_id, d.event_type, d.created_at, d.payload)
-            headers = self._signer.headers(
-                d.message_id, d.secret, body, int(time.time()), d.previous_secret
+        """Sign, send and record one attempt. Cancelled at shutdown, the delivery stays in
+        _in_flight, and drain() hands its lease back."""
+        body = build_body(d.message_id, d.event_type, d.created_at, d.payload)
+        headers = self._signer.headers(
+            d.message_id, d.secret, body, int(time.time()), d.previous_secret
+        )
+        outcome = await self._send(d, headers, body)
+        row = self._writer.add(d, outcome)
+        self._finish(d)
+        if not outcome.ok:
+            log.info(
+                "attempt_failed",
+                webhook_id=d.webhook_id,
+                message_id=d.message_id,
+                delivery_id=d.id,
+                attempt=d.attempt,
+                error_kind=outcome.error_kind,
+                error=outcome.error_message,
+                next_status=row.status,
+                retry_in_s=row.retry_in_s if row.status == "pending" else None,
             )
-            outcome = await self._sender.send(d.url, headers, body)
-            row = self._writer.add(d, outcome)
-            if not outcome.ok:
-                log.info(
-                    "attempt_failed",
-                    webhook_id=d.webhook_id,
-                    message_id=d.message_id,
-                    delivery_id=d.id,
-                    attempt=d.attempt,
-                    error_kind=outcome.error_kind,
-                    error=outcome.error_message,
-                    next_status=row.status,
-                    retry_in_s=row.retry_in_s if row.status == "pending" else None,
-                )
+
+    async def _send(self, d: LeasedDelivery, headers: dict[str, str], body: bytes) -> Outcome:
+        """Send under the sweep's deadline; a deadline passed becomes a timeout Outcome."""
+        task = asyncio.current_task()
+        assert task is not None
+        started_at = datetime.now(UTC)
+        start = time.monotonic()
+        # _sending is set and cleared with no await in between and the send, so the sweep only
+        # ever cancels a worker that is suspended inside this send.
+        self._sending[task] = (d, start + self._timeout_s)
+        try:
+            return await self._sender.send(d.url, headers, body, timed=False, read_ok_body=False)
+        except asyncio.CancelledError:
+            if task not in self._timed_out or task.uncancel() > 0:
+                raise  # shutdown, not (only) the deadline
+            return Outcome(
+                ok=False,
+                retryable=True,
+                started_at=started_at,
+                duration_ms=int((time.monotonic() - start) * 1000),
+                error_kind="timeout",
+                error_message=f"TimeoutError: no response within {self._timeout_s:g} s",
+            )
         finally:
-            del self._in_flight[d.id]
-            count = self._per_webhook[d.webhook_id]
-            if count > 1:
-                self._per_webhook[d.webhook_id] = count - 1
-            else:
-                del self._per_webhook[d.webhook_id]
-            # Wake the loop when it waits for capacity, or when this webhook's backlog was
-            # held back by its cap. The loop clears _wake only just before it leases, so a
-            # wake-up that lands during a lease query is not lost.
-            if self._capacity_wanted or count >= self._per_webhook_cap:
-                self._capacity_wanted = False
-                self._capacity_woke = True
-                self._wake.set()
+            del self._sending[task]
+            self._timed_out.discard(task)
+
+    async def _sweep(self) -> None:
+        """Cancel every attempt past its deadline; runs ten times per request timeout, at most
+        once a second, so a timeout fires at most a tenth late."""
+        interval = min(1.0, self._timeout_s / 10)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for task, (_, deadline) in list(self._sending.items()):
+                if deadline <= now and task not in self._timed_out:
+                    self._timed_out.add(task)
+                    task.cancel()
+
+    def _finish(self, d: LeasedDelivery) -> None:
+        del self._in_flight[d.id]
+        count = self._per_webhook[d.webhook_id]
+        if count > 1:
+            self._per_webhook[d.webhook_id] = count - 1
+        else:
+            del self._per_webhook[d.webhook_id]
+        # Wake the loop when it waits for capacity, or when this webhook's backlog was held
+        # back by its cap. The loop clears _wake only just before it leases, so a wake-up that
+        # lands during a lease query is not lost.
+        if self._capacity_wanted or count >= self._per_webhook_cap:
+            self._capacity_wanted = False
+            self._capacity_woke = True
+            self._wake.set()
 
     async def drain(self, grace_s: float) -> None:
         """Let in-flight attempts finish for up to grace_s, then cancel and release the rest."""
-        pending = list(self._in_flight.values())
-        if pending:
-            log.info("draining", in_flight=len(pending), grace_s=grace_s)
-            await asyncio.wait([task for task, _ in pending], timeout=grace_s)
-        unfinished = [(task, d) for task, d in pending if not task.done()]
-        for task, _ in unfinished:
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in unfinished), return_exceptions=True)
-        abandoned = [d for task, d in unfinished if task.cancelled()]
+        if self._in_flight:
+            log.info("draining", in_flight=len(self._in_flight), grace_s=grace_s)
+            deadline = time.monotonic() + grace_s
+            while self._in_flight and time.monotonic() < deadline:
+                self._capacity_wanted = True
+                self._wake.clear()
+                await self._sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        abandoned = list(self._in_flight.values())
+        self._in_flight.clear()
+        self._ready.clear()
+        self._per_webhook.clear()
         if abandoned:
             log.warning("attempts_abandoned", count=len(abandoned))
             try:
-                await asyncio.shield(store.release_leases(self._pool, abandoned))
+                conn = await self._conn.get()
+                await asyncio.shield(store.release_leases(conn, abandoned))
             except TRANSIENT_DB_ERRORS as exc:
                 if self._metrics is not None:
                     self._metrics.database_error("release_leases")

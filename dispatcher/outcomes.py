@@ -7,14 +7,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import asyncpg
 import structlog
 
 from dispatcher import store
 from dispatcher.retry import decide
 from dispatcher.sender import Outcome
 from dispatcher.settings import Settings
-from dispatcher.store import TRANSIENT_DB_ERRORS, LeasedDelivery, OutcomeRow
+from dispatcher.store import TRANSIENT_DB_ERRORS, DedicatedConnection, LeasedDelivery, OutcomeRow
 
 if TYPE_CHECKING:
     from dispatcher.metrics import Metrics, OutcomeTag
@@ -28,11 +27,11 @@ class OutcomeWriter:
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        conn: DedicatedConnection,
         on_retry_due: Callable[[], None],
         metrics: Metrics | None = None,
     ) -> None:
-        self._pool = pool
+        self._conn = conn
         self._metrics = metrics
         self._schedule = settings.retry_delays
         self._interval = settings.flush_interval_s
@@ -90,7 +89,7 @@ class OutcomeWriter:
         async with self._lock:
             while self._buffer:
                 batch = self._buffer[: self._max]
-                written = await store.write_outcomes(self._pool, batch)
+                written = await store.write_outcomes(await self._conn.get(), batch)
                 del self._buffer[: len(batch)]
                 tags = self._tags[: len(batch)]
                 del self._tags[: len(batch)]

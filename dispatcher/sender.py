@@ -138,6 +138,12 @@ class Sender:
         self._timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s
         )
+        # For callers that enforce the total deadline themselves (the daemon's timeout sweep):
+        # no timer per request, only the connect limit, which costs nothing on a reused
+        # connection.
+        self._connect_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s
+        )
         self._read_max = settings.response_read_max_bytes
         self._store_max = settings.response_store_max_bytes
         self._proxy = settings.egress_proxy
@@ -149,8 +155,16 @@ class Sender:
         headers: Mapping[str, str],
         body: bytes,
         capture_headers: bool = False,
+        timed: bool = True,
+        read_ok_body: bool = True,
     ) -> Outcome:
-        """Make one attempt; `capture_headers` keeps the response headers (for `webhooks test`)."""
+        """Make one attempt.
+
+        `capture_headers` keeps the response headers (for `webhooks test`). With `timed` off,
+        the caller enforces request_timeout_s by cancelling. With `read_ok_body` off, a 2xx body
+        is not read: nothing stores it, and the connection is reused when the body had arrived
+        whole (a small body comes with the headers); otherwise it is closed.
+        """
         started_at = datetime.now(UTC)
         start = time.monotonic()
 
@@ -165,11 +179,12 @@ class Sender:
                 data=body,
                 headers=headers,
                 allow_redirects=False,
-                timeout=self._timeout,
+                timeout=self._timeout if timed else self._connect_timeout,
                 proxy=self._proxy,
             ) as resp:
-                raw, truncated = await self._read_capped(resp)
                 status = resp.status
+                read = read_ok_body or not 200 <= status < 300
+                raw, truncated = await self._read_capped(resp) if read else (b"", False)
                 location = resp.headers.get("Location")
                 response_headers = (
                     tuple((safe_text(k), safe_text(v)) for k, v in resp.headers.items())
@@ -199,7 +214,7 @@ class Sender:
             started_at=started_at,
             duration_ms=elapsed_ms(),
             response_status=status,
-            response_body=safe_text(raw[: self._store_max]),
+            response_body=safe_text(raw[: self._store_max]) if read else None,
             response_truncated=truncated or len(raw) > self._store_max,
             error_kind=None if ok else "status",
             error_message=None if message is None else safe_text(message, 1000),

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -87,31 +87,95 @@ class OutcomeRow:
     error_message: str | None
 
 
-async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
-    """Open the daemon's pool; outcome commits need not wait for the WAL flush.
+# Every daemon connection plans like an OLTP engine: index scans and nested loops only. Each hot
+# statement (lease, outcome write, lease release, retention sweep) is written so that a path
+# bounded by its batch exists; these settings take away the alternatives a planner may prefer
+# on stale statistics (a scan of a table it thinks empty, a bitmap scan and sort of one it thinks
+# small, a hash join against a whole table), which cost O(backlog) per call. They penalise those
+# paths rather than forbid them, so a statement with no index path still runs. With no other
+# choice left, a generic plan is as good as a custom one, and replanning the lease each call
+# would cost more than running it, so plans are built once per connection.
+# synchronous_commit=off is safe for at-least-once delivery: a database crash can lose only the
+# last moments of outcome writes, and those deliveries are simply sent again. Events are
+# committed by the producers' own transactions, with their own settings.
+HOT_SETTINGS = {
+    "synchronous_commit": "off",
+    "enable_seqscan": "off",
+    "enable_bitmapscan": "off",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+    "plan_cache_mode": "force_generic_plan",
+}
 
-    synchronous_commit=off is safe for at-least-once delivery: a database crash can lose only
-    the last moments of outcome writes, and those deliveries are simply sent again. Events are
-    committed by the producers' own transactions, with their own settings.
-    """
+# The lease visits at most this many webhooks with pending rows per call, resuming after the last
+# one next time; more than this many due at once are served round-robin over several leases.
+MAX_WEBHOOKS_PER_LEASE = 1000
+
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+
+async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+    """Open the daemon's pool for everything off the hot path (retention, metrics, probes)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=max_size,
-        server_settings={"application_name": APPLICATION_NAME, "synchronous_commit": "off"},
+        server_settings={"application_name": APPLICATION_NAME, **HOT_SETTINGS},
     )
     assert pool is not None
     return pool
 
 
+class DedicatedConnection:
+    """One connection owned by one task, for its hot statements: no pool acquire or reset each.
+
+    It opens on first use and again after it was lost; the caller backs off on the error.
+    """
+
+    def __init__(self, dsn: str, role: str) -> None:
+        self._dsn = dsn
+        self._name = f"{APPLICATION_NAME}-{role}"
+        self._conn: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            self._conn = await asyncpg.connect(
+                self._dsn, server_settings={"application_name": self._name, **HOT_SETTINGS}
+            )
+        return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=2)
+            except TRANSIENT_DB_ERRORS:
+                conn.terminate()
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What one lease call returned: the rows, and what the loop needs to plan the next call."""
+
+    deliveries: list[LeasedDelivery]
+    # Seconds until the earliest pending row is due (<= 0: due now); None: nothing pending.
+    next_due_s: float | None
+    # Where the next lease resumes its walk over webhooks (0: from the start).
+    next_cursor: int
+
+
 async def lease_batch(
-    pool: asyncpg.Pool,
+    db: Executor,
     limit: int,
     lease_s: float,
     in_flight: Mapping[int, int] | None = None,
     per_webhook_cap: int = 2**31 - 1,
-) -> list[LeasedDelivery]:
-    """Lease up to `limit` due deliveries, no more per webhook than its free slots.
+    cursor: int = 0,
+    max_webhooks: int = MAX_WEBHOOKS_PER_LEASE,
+) -> Lease:
+    """Lease up to `limit` due deliveries, interleaved across webhooks, no more per webhook than
+    its free slots.
 
     `in_flight` maps webhook ids to the attempts this process has in flight for them.
     """
@@ -120,40 +184,53 @@ async def lease_batch(
     busy_ids = [w for w, n in busy.items() if n < per_webhook_cap]
     free = [per_webhook_cap - busy[w] for w in busy_ids]
     token = uuid.uuid4()
-    rows = await pool.fetch(
-        QUERIES["lease_batch"], limit, lease_s, saturated, token, busy_ids, free, per_webhook_cap
+    rows = await db.fetch(
+        QUERIES["lease_batch"],
+        limit,
+        lease_s,
+        saturated,
+        token,
+        busy_ids,
+        free,
+        per_webhook_cap,
+        cursor,
+        max_webhooks,
     )
-    return [
+    first = rows[0]
+    if first["id"] is None:
+        return Lease([], first["next_due_s"], first["next_cursor"])
+    deliveries = [
         LeasedDelivery(
-            id=r["id"],
-            message_id=str(r["message_id"]),
-            webhook_id=r["webhook_id"],
-            attempt=r["attempts"],
-            lease_token=token,
-            event_type=r["event_type"],
-            payload=r["payload"],
-            created_at=r["created_at"],
-            url=r["url"],
-            secret=r["secret"],
-            previous_secret=r["previous_secret"],
+            r["id"],
+            str(r["message_id"]),
+            r["webhook_id"],
+            r["attempts"],
+            token,
+            r["event_type"],
+            r["payload"],
+            r["created_at"],
+            r["url"],
+            r["secret"],
+            r["previous_secret"],
         )
         for r in rows
     ]
+    return Lease(deliveries, first["next_due_s"], first["next_cursor"])
 
 
-async def write_outcomes(pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]) -> set[int]:
+async def write_outcomes(db: Executor, outcomes: Sequence[OutcomeRow]) -> set[int]:
     """Write a batch of outcomes in one statement; return the delivery ids still leased to us."""
     columns: list[list[Any]] = [[] for _ in range(12)]
     for o in outcomes:
         for column, value in zip(columns, _outcome_values(o), strict=True):
             column.append(value)
-    written: list[int] = await pool.fetchval(QUERIES["record_outcomes"], *columns)
+    written: list[int] = await db.fetchval(QUERIES["record_outcomes"], *columns)
     return set(written)
 
 
-async def record_outcomes(pool: asyncpg.Pool, outcomes: Sequence[OutcomeRow]) -> int:
+async def record_outcomes(db: Executor, outcomes: Sequence[OutcomeRow]) -> int:
     """Write a batch of outcomes; return how many leases were still ours."""
-    return len(await write_outcomes(pool, outcomes))
+    return len(await write_outcomes(db, outcomes))
 
 
 def _outcome_values(o: OutcomeRow) -> tuple[Any, ...]:
@@ -173,10 +250,10 @@ def _outcome_values(o: OutcomeRow) -> tuple[Any, ...]:
     )
 
 
-async def release_leases(pool: asyncpg.Pool, leases: Sequence[LeasedDelivery]) -> None:
+async def release_leases(db: Executor, leases: Sequence[LeasedDelivery]) -> None:
     """Hand back leased rows that were never attempted."""
     if leases:
-        await pool.execute(
+        await db.execute(
             QUERIES["release_leases"], [d.id for d in leases], [d.lease_token for d in leases]
         )
 
@@ -195,8 +272,3 @@ async def queue_stats(pool: asyncpg.Pool) -> asyncpg.Record:
     """Count pending deliveries due now, scheduled and leased: what `dispatcher stats` shows."""
     row: asyncpg.Record = await pool.fetchrow(_QUEUE_STATS)
     return row
-
-
-async def seconds_until_next_due(pool: asyncpg.Pool) -> float | None:
-    value: float | None = await pool.fetchval(QUERIES["seconds_until_next_due"])
-    return value

@@ -229,26 +229,27 @@ async def test_disable_with_the_daemon_idle_leaves_nothing_to_send(
 
 
 async def test_a_flush_cancelled_at_shutdown_does_not_write_its_batch_twice(
-    db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+    db: asyncpg.Pool, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await add_webhook(db, "https://x.example/", ["t.x"])
     await publish(db, "t.x")
-    [leased] = await store.lease_batch(db, 1, 60.0)
+    [leased] = (await store.lease_batch(db, 1, 60.0)).deliveries
     committed = asyncio.Event()
     reply_arrives = asyncio.Event()
     write_outcomes = store.write_outcomes
 
     async def commit_then_slow_reply(
-        pool: asyncpg.Pool, outcomes: Sequence[store.OutcomeRow]
+        conn: store.Executor, outcomes: Sequence[store.OutcomeRow]
     ) -> set[int]:
         # The statement commits in PostgreSQL; its reply is still on its way to the client.
-        written = await write_outcomes(pool, outcomes)
+        written = await write_outcomes(conn, outcomes)
         committed.set()
         await reply_arrives.wait()
         return written
 
     monkeypatch.setattr(store, "write_outcomes", commit_then_slow_reply)
-    writer = OutcomeWriter(settings(), db, on_retry_due=lambda: None)
+    conn = store.DedicatedConnection(dsn, "outcomes")
+    writer = OutcomeWriter(settings(), conn, on_retry_due=lambda: None)
     flusher = asyncio.create_task(writer.run(), name="outcome-writer")
     writer.add(
         leased,
@@ -267,6 +268,7 @@ async def test_a_flush_cancelled_at_shutdown_does_not_write_its_batch_twice(
         reply_arrives.set()
         await asyncio.gather(flusher, return_exceptions=True)
         await writer.flush()
+    await conn.close()
 
     assert await db.fetchval("SELECT status FROM dispatcher.deliveries") == "succeeded"
     assert await db.fetchval("SELECT count(*) FROM dispatcher.attempts") == 1

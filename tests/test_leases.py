@@ -33,10 +33,13 @@ async def test_lease_hides_rows_until_it_expires(db: asyncpg.Pool) -> None:
     await add_webhook(db, "http://a.example/", ["t.x"])
     await publish(db, "t.x")
 
-    [held] = await store.lease_batch(db, 10, 60.0)
+    [held] = (await store.lease_batch(db, 10, 60.0)).deliveries
     assert held.attempt == 1
-    assert await store.lease_batch(db, 10, 60.0) == []
-    assert 55 < await store.seconds_until_next_due(db) <= 60
+    again = await store.lease_batch(db, 10, 60.0)
+    assert again.deliveries == []
+    # The leased row is still pending: due again when its lease expires.
+    assert again.next_due_s is not None
+    assert 55 < again.next_due_s <= 60
 
 
 async def test_expired_lease_is_taken_by_another_worker_and_stale_write_rejected(
@@ -44,11 +47,11 @@ async def test_expired_lease_is_taken_by_another_worker_and_stale_write_rejected
 ) -> None:
     await add_webhook(db, "http://a.example/", ["t.x"])
     await publish(db, "t.x")
-    [stale] = await store.lease_batch(db, 10, 60.0)
+    [stale] = (await store.lease_batch(db, 10, 60.0)).deliveries
 
     # The holder stalls past its lease.
     await db.execute("UPDATE dispatcher.deliveries SET run_at = now() - interval '1 second'")
-    [fresh] = await store.lease_batch(db, 10, 60.0)
+    [fresh] = (await store.lease_batch(db, 10, 60.0)).deliveries
     assert fresh.id == stale.id
     assert fresh.lease_token != stale.lease_token
     assert fresh.attempt == 2
@@ -68,9 +71,9 @@ async def test_release_makes_rows_due_again_without_counting_an_attempt(
 ) -> None:
     await add_webhook(db, "http://a.example/", ["t.x"])
     await publish(db, "t.x")
-    leased = await store.lease_batch(db, 10, 60.0)
+    leased = (await store.lease_batch(db, 10, 60.0)).deliveries
     await store.release_leases(db, leased)
-    [again] = await store.lease_batch(db, 10, 60.0)
+    [again] = (await store.lease_batch(db, 10, 60.0)).deliveries
     assert again.attempt == 1
 
 
@@ -81,7 +84,7 @@ async def test_lease_skips_saturated_webhooks_and_disabled_ones(db: asyncpg.Pool
     await publish(db, "t.x")
     await db.execute("UPDATE dispatcher.webhooks SET status = 'disabled' WHERE id = $1", off)
 
-    leased = await store.lease_batch(db, 10, 60.0, {busy: 4}, per_webhook_cap=4)
+    leased = (await store.lease_batch(db, 10, 60.0, {busy: 4}, per_webhook_cap=4)).deliveries
     assert [d.webhook_id for d in leased] == [idle]
 
 
@@ -93,7 +96,7 @@ async def test_lease_takes_no_more_per_webhook_than_its_free_slots(db: asyncpg.P
         "INSERT INTO dispatcher.events (event_type, payload)"
         " SELECT 't.x', '{}' FROM generate_series(1, 20)"
     )
-    leased = await store.lease_batch(db, 100, 60.0, {a: 1, b: 3}, per_webhook_cap=4)
+    leased = (await store.lease_batch(db, 100, 60.0, {a: 1, b: 3}, per_webhook_cap=4)).deliveries
     counts = {w: sum(d.webhook_id == w for d in leased) for w in (a, b, c)}
     assert counts == {a: 3, b: 1, c: 4}
 
@@ -107,5 +110,5 @@ async def test_concurrent_leases_never_hand_out_a_row_twice(db: asyncpg.Pool) ->
         " SELECT 't.x', '{}' FROM generate_series(1, 500)"
     )
     batches = await asyncio.gather(*(store.lease_batch(db, 50, 60.0) for _ in range(12)))
-    ids = [d.id for batch in batches for d in batch]
+    ids = [d.id for batch in batches for d in batch.deliveries]
     assert len(ids) == len(set(ids)) == 500

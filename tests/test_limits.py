@@ -281,8 +281,20 @@ async def test_a_huge_error_body_is_stored_truncated(
     ) == (500, "x" * 4096, True, "status")
 
 
+@pytest.mark.parametrize(
+    ("status", "recorded"),
+    [
+        (500, ("y" * 4096, True, "status")),
+        # A 2xx body is not read at all: the attempt ends and the connection is closed.
+        (200, (None, False, None)),
+    ],
+)
 async def test_an_endless_body_ends_the_attempt_at_the_read_cap(
-    db: asyncpg.Pool, dsn: str, receiver: Receiver
+    db: asyncpg.Pool,
+    dsn: str,
+    receiver: Receiver,
+    status: int,
+    recorded: tuple[str | None, bool, str | None],
 ) -> None:
     stopped = asyncio.Event()
     written = 0
@@ -290,7 +302,7 @@ async def test_an_endless_body_ends_the_attempt_at_the_read_cap(
 
     async def endless(request: web.Request, rec: Receiver) -> web.StreamResponse:
         nonlocal written
-        response = web.StreamResponse(status=200)
+        response = web.StreamResponse(status=status)
         response.enable_chunked_encoding()
         await response.prepare(request)
         deadline = time.monotonic() + 20
@@ -316,7 +328,7 @@ async def test_an_endless_body_ends_the_attempt_at_the_read_cap(
         attempt["response_body"],
         attempt["response_truncated"],
         attempt["error_kind"],
-    ) == (200, "y" * 4096, True, None)
+    ) == (status, *recorded)
     assert attempt["duration_ms"] < 2000
     async with asyncio.timeout(5):
         await stopped.wait()

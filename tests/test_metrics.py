@@ -429,12 +429,12 @@ def test_loop_histogram_exposes_what_prometheus_clients_histogram_does() -> None
 
 @pytest.mark.parametrize("stale", [1, 2])
 async def test_outcomes_written_after_the_lease_was_lost_count_as_rejected(
-    db: asyncpg.Pool, stale: int
+    db: asyncpg.Pool, dsn: str, stale: int
 ) -> None:
     webhook_id, _ = await add_webhook(db, "https://x.example/", ["t.x"])
     await publish(db, "t.x")
     await publish(db, "t.x")
-    leased = await store.lease_batch(db, 2, 60.0)
+    leased = (await store.lease_batch(db, 2, 60.0)).deliveries
     assert len(leased) == 2
     # The first `stale` leases expired and were taken by another process.
     await db.execute(
@@ -442,7 +442,8 @@ async def test_outcomes_written_after_the_lease_was_lost_count_as_rejected(
         [d.id for d in leased[:stale]],
     )
     m = Metrics()
-    writer = OutcomeWriter(fast_settings(), db, on_retry_due=lambda: None, metrics=m)
+    conn = store.DedicatedConnection(dsn, "outcomes")
+    writer = OutcomeWriter(fast_settings(), conn, on_retry_due=lambda: None, metrics=m)
     for d in leased:
         writer.add(
             d,
@@ -456,6 +457,7 @@ async def test_outcomes_written_after_the_lease_was_lost_count_as_rejected(
         )
     async with asyncio.timeout(10):
         await writer.flush()
+    await conn.close()
 
     def sample(name: str, **labels: str) -> float | None:
         return m.registry.get_sample_value(name, labels)
