@@ -51,7 +51,7 @@ class Leaser:
         self._batch = settings.lease_batch_size
         # Lease in chunks of at least this many rows while busy, so a drain of a backlog is a
         # few large leases rather than one tiny lease per finished attempt.
-        self._min_lease = max(1, min(self._batch, self._cap) // 4)
+        self._min_lease = max(1, min(self._batch, self._cap) // 8)
         self._lease_s = settings.lease_duration.total_seconds()
         self._poll_s = settings.poll_interval_s
         self._timeout_s = settings.request_timeout_s

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
@@ -13,6 +15,8 @@ from dispatcher.settings import Settings
 from dispatcher.store import QUERIES, TRANSIENT_DB_ERRORS
 
 log = structlog.get_logger("dispatcher.retention")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -32,20 +36,23 @@ async def sweep_once(pool: asyncpg.Pool, retention_s: float, batch: int) -> Swep
     Each statement is its own short transaction, so a sweep of millions of rows never holds
     locks or a snapshot for long, and the lease loop runs between batches.
     """
-    deliveries = await _sweep(pool, "sweep_deliveries", retention_s, batch)
-    events = await _sweep(pool, "sweep_events", retention_s, batch)
-    return Swept(deliveries, events)
-
-
-async def _sweep(pool: asyncpg.Pool, query: str, retention_s: float, batch: int) -> int:
-    """Run a batched delete until a batch comes back short; return the rows deleted."""
-    total = 0
+    deliveries = 0
     while True:
-        n = _count(await pool.execute(QUERIES[query], retention_s, batch))
-        total += n
+        n = _count(await pool.execute(QUERIES["sweep_deliveries"], retention_s, batch))
+        deliveries += n
         if n < batch:
-            return total
+            break
         await asyncio.sleep(0)
+    events = 0
+    after: tuple[datetime, uuid.UUID] = (_EPOCH, uuid.UUID(int=0))
+    while True:
+        row = await pool.fetchrow(QUERIES["sweep_events"], retention_s, batch, *after)
+        events += row["deleted"]
+        if row["examined"] < batch:
+            break
+        after = (row["last_created_at"], row["last_message_id"])
+        await asyncio.sleep(0)
+    return Swept(deliveries, events)
 
 
 async def run_retention(pool: asyncpg.Pool, settings: Settings) -> None:

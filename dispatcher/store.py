@@ -102,8 +102,6 @@ HOT_SETTINGS = {
     "synchronous_commit": "off",
     "enable_seqscan": "off",
     "enable_bitmapscan": "off",
-    "enable_hashjoin": "off",
-    "enable_mergejoin": "off",
     "plan_cache_mode": "force_generic_plan",
 }
 

@@ -128,6 +128,19 @@ async def deliver_all(settings: Settings, dsn: str, within_s: float = 30.0) -> R
         return await serve(settings, dsn, exit_when_idle=True, handle_signals=False)
 
 
+@asynccontextmanager
+async def running(settings: Settings, dsn: str) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run the daemon in this loop for the body of the block; stop it and wait after."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, dsn, stop=stop, handle_signals=False))
+    try:
+        yield task
+    finally:
+        stop.set()
+        async with asyncio.timeout(30):
+            await task
+
+
 @dataclass
 class Received:
     path: str

@@ -9,8 +9,8 @@ import signal
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,13 @@ import pytest
 from aiohttp import web
 
 from dispatcher import migrate
-from dispatcher.daemon import serve
-from dispatcher.settings import Settings
 from tests.conftest import (
     Receiver,
     add_webhook,
     daemon_process,
     eventually,
     fast_settings,
+    running,
     with_database,
 )
 
@@ -60,18 +59,6 @@ async def message_ids(db: asyncpg.Pool) -> set[str]:
 
 def received_ids(receiver: Receiver) -> Counter[str]:
     return Counter(r.headers["webhook-id"] for r in receiver.requests)
-
-
-@asynccontextmanager
-async def running(settings: Settings, dsn: str) -> AsyncIterator[asyncio.Task[Any]]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, dsn, stop=stop, handle_signals=False))
-    try:
-        yield task
-    finally:
-        stop.set()
-        async with asyncio.timeout(30):
-            await task
 
 
 async def test_survives_terminated_backends_and_delivers_everything(

@@ -83,14 +83,29 @@ SELECT s.next_due_s, s.next_cursor, l.id, l.message_id, l.webhook_id, l.attempts
            AS previous_secret
 FROM scan s
 LEFT JOIN (leased l
-           JOIN dispatcher.events e ON e.message_id = l.message_id
-           JOIN dispatcher.webhooks w ON w.id = l.webhook_id) ON true;
+           -- LIMIT 1 keeps each lookup a subquery run once per leased row by primary key: as
+           -- a plain join, a plan made on an empty table may hash a scan of the whole table.
+           CROSS JOIN LATERAL (SELECT e.event_type, e.payload, e.created_at
+                               FROM dispatcher.events e
+                               WHERE e.message_id = l.message_id LIMIT 1) e
+           CROSS JOIN LATERAL (SELECT w.url, w.secret, w.previous_secret,
+                                      w.previous_secret_expires_at
+                               FROM dispatcher.webhooks w
+                               WHERE w.id = l.webhook_id LIMIT 1) w) ON true;
 
 -- name: record_outcomes
 -- One row per finished attempt, as parallel arrays. A row whose lease token no longer matches
 -- (the lease expired and another worker took it, or the webhook was disabled) changes nothing.
--- The attempt log takes its columns from the UPDATE's RETURNING, so no join between the two.
-WITH updated AS (
+WITH o AS MATERIALIZED (
+    -- Unnested once: however the join below is planned, a rescan reads this in memory.
+    SELECT *
+    FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],
+                $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::bool[],
+                $11::text[], $12::text[])
+      AS o(delivery_id, lease_token, status, retry_in_s, attempt,
+           started_at, duration_ms, response_status, response_body, response_truncated,
+           error_kind, error_message)
+), updated AS (
     UPDATE dispatcher.deliveries d
     SET status = o.status,
         run_at = CASE WHEN o.status = 'pending'
@@ -99,13 +114,14 @@ WITH updated AS (
         finished_at = CASE WHEN o.status = 'pending' THEN NULL ELSE now() END,
         last_response_status = o.response_status,
         last_error_kind = o.error_kind
-    FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],
-                $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::bool[],
-                $11::text[], $12::text[])
-      AS o(delivery_id, lease_token, status, retry_in_s, attempt,
-           started_at, duration_ms, response_status, response_body, response_truncated,
-           error_kind, error_message)
-    WHERE d.id = o.delivery_id AND d.lease_token = o.lease_token AND d.status = 'pending'
+    FROM o
+    -- The id array again, for the planner: with it every join order reads deliveries by
+    -- primary key; without it, a plan made on an empty table may walk the whole table. The
+    -- token alone fences (every way out of 'pending' clears it), and naming the status here
+    -- would offer the planner the partial index deliveries_pending, a walk of every pending row.
+    WHERE d.id = ANY ($1::bigint[])
+      AND d.id = o.delivery_id AND d.lease_token = o.lease_token
+    -- The attempt log takes its columns from here, so it needs no second join.
     RETURNING o.*
 ), logged AS (
     INSERT INTO dispatcher.attempts (delivery_id, attempt, started_at, duration_ms,
@@ -121,10 +137,14 @@ SELECT coalesce(array_agg(delivery_id), '{}') FROM logged;
 
 -- name: release_leases
 -- Hand back leased rows that were never attempted: due at once, and the attempt not counted.
+-- Planned like record_outcomes: by primary key whatever the join order, fenced by the token.
+WITH r AS MATERIALIZED (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS r(id, lease_token)
+)
 UPDATE dispatcher.deliveries d
 SET run_at = now(), lease_token = NULL, attempts = d.attempts - 1
-FROM unnest($1::bigint[], $2::uuid[]) AS r(id, lease_token)
-WHERE d.id = r.id AND d.lease_token = r.lease_token AND d.status = 'pending';
+FROM r
+WHERE d.id = ANY ($1::bigint[]) AND d.id = r.id AND d.lease_token = r.lease_token;
 
 -- name: ping
 -- The watchdog's liveness probe: a round trip through the pool and nothing more.
@@ -149,14 +169,30 @@ WITH doomed AS (
 DELETE FROM dispatcher.deliveries d USING doomed WHERE d.id = doomed.id;
 
 -- name: sweep_events
--- Delete up to $2 events older than $1 seconds that no delivery refers to any more.
-DELETE FROM dispatcher.events
-WHERE message_id IN (
-    SELECT e.message_id
+-- Examine the next $2 events older than $1 seconds after the key ($3, $4), oldest first, and
+-- delete those no delivery refers to any more. The caller pages through with the returned key,
+-- so events still referenced (resent, or a backlog older than retention) are stepped over once
+-- per sweep instead of being read again by every statement.
+WITH examined AS (
+    SELECT e.message_id, e.created_at
     FROM dispatcher.events e
     WHERE e.created_at < now() - make_interval(secs => $1::float8)
-      AND NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d WHERE d.message_id = e.message_id)
-    ORDER BY e.created_at
+      AND (e.created_at, e.message_id) > ($3::timestamptz, $4::uuid)
+    ORDER BY e.created_at, e.message_id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
-);
+), deleted AS (
+    DELETE FROM dispatcher.events e
+    WHERE e.message_id = ANY (ARRAY(
+        SELECT x.message_id FROM examined x
+        WHERE NOT EXISTS (SELECT 1 FROM dispatcher.deliveries d
+                          WHERE d.message_id = x.message_id)))
+    RETURNING 1
+), last AS (
+    SELECT x.created_at, x.message_id FROM examined x
+    ORDER BY x.created_at DESC, x.message_id DESC
+    LIMIT 1
+)
+SELECT (SELECT count(*) FROM deleted) AS deleted,
+       (SELECT count(*) FROM examined) AS examined,
+       (SELECT created_at FROM last) AS last_created_at,
+       (SELECT message_id FROM last) AS last_message_id;

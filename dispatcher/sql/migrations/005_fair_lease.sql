@@ -6,3 +6,7 @@
 CREATE INDEX deliveries_pending ON dispatcher.deliveries (webhook_id, run_at, id)
     WHERE status = 'pending';
 DROP INDEX dispatcher.deliveries_due;
+
+-- The retention sweep pages through old events by (created_at, message_id).
+CREATE INDEX events_created_key ON dispatcher.events (created_at, message_id);
+DROP INDEX dispatcher.events_created;
