@@ -21,8 +21,6 @@ log = structlog.get_logger("dispatcher.leasing")
 # After a lease that found due rows it could not take (locked by another instance for a moment),
 # look again this soon rather than after a full poll interval.
 _RECHECK_S = 0.02
-# How long to let freed slots accumulate before leasing for them.
-_GATHER_S = 0.002
 
 
 class Leaser:
@@ -51,7 +49,10 @@ class Leaser:
         self._batch = settings.lease_batch_size
         # Lease in chunks of at least this many rows while busy, so a drain of a backlog is a
         # few large leases rather than one tiny lease per finished attempt.
-        self._min_lease = max(1, min(self._batch, self._cap) // 8)
+        self._min_lease = max(1, min(self._batch, self._cap) // 4)
+        # Likewise, a webhook held back by its cap is leased for again once a quarter of its
+        # slots are free, not at every finished attempt.
+        self._refill = max(1, self._per_webhook_cap // 4)
         self._lease_s = settings.lease_duration.total_seconds()
         self._poll_s = settings.poll_interval_s
         self._timeout_s = settings.request_timeout_s
@@ -67,7 +68,6 @@ class Leaser:
         self._per_webhook: Counter[int] = Counter()
         self._wake = asyncio.Event()
         self._capacity_wanted = False
-        self._capacity_woke = False
         self.leased_total = 0
         if metrics is not None:
             # Read at scrape time: nothing to update per attempt.
@@ -82,16 +82,31 @@ class Leaser:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event, exit_when_idle: bool = False) -> None:
-        """Lease until `stop` is set, or, with exit_when_idle, until nothing is pending."""
+        """Lease until `stop` is set, or, with exit_when_idle, until nothing is pending.
+
+        The workers outlive this: drain() lets them finish. If a worker or the sweep dies
+        (a bug), this raises, and the daemon stops instead of running short of senders.
+        """
         self._workers = [
             asyncio.create_task(self._work(), name=f"sender-{i}") for i in range(self._cap)
         ]
         sweep = asyncio.create_task(self._sweep(), name="timeout-sweep")
+        leasing = asyncio.create_task(self._lease_loop(stop, exit_when_idle), name="lease-loop")
         try:
-            await self._lease_loop(stop, exit_when_idle)
+            done, _ = await asyncio.wait(
+                [leasing, sweep, *self._workers], return_when=asyncio.FIRST_COMPLETED
+            )
+            if leasing not in done:
+                [dead, *_] = done
+                exc = dead.exception()
+                raise RuntimeError(
+                    f"{dead.get_name()} died: {describe(exc) if exc else 'returned'}"
+                )
+            leasing.result()
         finally:
-            sweep.cancel()
-            await asyncio.gather(sweep, return_exceptions=True)
+            for task in (leasing, sweep):
+                task.cancel()
+            await asyncio.gather(leasing, sweep, return_exceptions=True)
 
     async def _lease_loop(self, stop: asyncio.Event, exit_when_idle: bool) -> None:
         backoff = Backoff()
@@ -104,11 +119,6 @@ class Leaser:
                 self._wake.clear()
                 await self._sleep(self._poll_s)
                 continue
-            if self._capacity_woke:
-                # Slots free up one attempt at a time; gather a few before leasing, so a backlog
-                # held back by per-webhook caps is leased in batches, not a row per query.
-                self._capacity_woke = False
-                await asyncio.sleep(_GATHER_S)
             asked = min(self._batch, free)
             self._wake.clear()
             try:
@@ -268,12 +278,12 @@ class Leaser:
             self._per_webhook[d.webhook_id] = count - 1
         else:
             del self._per_webhook[d.webhook_id]
-        # Wake the loop when it waits for capacity, or when this webhook's backlog was held
-        # back by its cap. The loop clears _wake only just before it leases, so a wake-up that
-        # lands during a lease query is not lost.
-        if self._capacity_wanted or count >= self._per_webhook_cap:
+        # Wake the loop when it waits for capacity (it checks again whether enough is free), or
+        # when this webhook, perhaps held back by its cap, has _refill free slots again. The
+        # loop clears _wake only just before it leases, so a wake-up that lands during a lease
+        # query is not lost.
+        if self._capacity_wanted or count == self._per_webhook_cap - self._refill + 1:
             self._capacity_wanted = False
-            self._capacity_woke = True
             self._wake.set()
 
     async def drain(self, grace_s: float) -> None:

@@ -7,11 +7,14 @@ import time
 
 import asyncpg
 import orjson
+import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher import __version__
+from dispatcher.leasing import Leaser
 from dispatcher.signing import verify
+from dispatcher.store import LeasedDelivery
 from tests.conftest import Receiver, add_webhook, deliver_all, fast_settings, publish
 
 
@@ -222,3 +225,18 @@ async def test_slow_endpoint_does_not_delay_a_fast_one(
         await db.fetchval("SELECT count(*) FROM dispatcher.deliveries WHERE status = 'succeeded'")
         == 200
     )
+
+
+async def test_a_sender_worker_that_dies_stops_the_daemon_loudly(
+    db: asyncpg.Pool, dsn: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that kills a worker must not leave the daemon running with fewer senders."""
+
+    def broken(self: Leaser, d: LeasedDelivery) -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    monkeypatch.setattr(Leaser, "_finish", broken)
+    await add_webhook(db, receiver.url, ["t.x"])
+    await publish(db, "t.x")
+    with pytest.raises(SystemExit, match="internal task leaser died"):
+        await deliver_all(fast_settings(), dsn)
