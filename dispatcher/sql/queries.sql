@@ -12,16 +12,16 @@
 WITH RECURSIVE heads AS (
     -- A loose index scan: one probe per webhook with pending rows, in webhook order, yields each
     -- webhook's head, its earliest run_at. The head is in the past exactly when it has due work.
-    (SELECT d.webhook_id, d.run_at, 1 AS visited
+    (SELECT d.webhook_id, d.run_at, d.id, 1 AS visited
      FROM dispatcher.deliveries d
      WHERE d.status = 'pending' AND d.webhook_id > $8
      ORDER BY d.webhook_id, d.run_at, d.id
      LIMIT 1)
     UNION ALL
-    SELECT nxt.webhook_id, nxt.run_at, h.visited + 1
+    SELECT nxt.webhook_id, nxt.run_at, nxt.id, h.visited + 1
     FROM heads h
     CROSS JOIN LATERAL (
-        SELECT d.webhook_id, d.run_at
+        SELECT d.webhook_id, d.run_at, d.id
         FROM dispatcher.deliveries d
         WHERE d.status = 'pending' AND d.webhook_id > h.webhook_id
         ORDER BY d.webhook_id, d.run_at, d.id
@@ -29,22 +29,24 @@ WITH RECURSIVE heads AS (
     WHERE h.visited < $9
 ), eligible AS (
     -- Webhooks with due work and a free slot here.
-    SELECT h.webhook_id, h.run_at AS head, coalesce(busy.free, $7::int) AS free
+    SELECT h.webhook_id, h.run_at AS head, h.id AS head_id, coalesce(busy.free, $7::int) AS free
     FROM heads h
     LEFT JOIN unnest($5::bigint[], $6::int[]) AS busy(webhook_id, free)
       ON busy.webhook_id = h.webhook_id
     WHERE h.run_at <= now() AND h.webhook_id <> ALL ($3::bigint[])
 ), candidates AS (
-    -- Each eligible webhook's oldest due rows from its own index range: no more than its free
-    -- slots, and no more than an even share of the batch, so the rows locked here and not
-    -- leased are at most one per webhook. SKIP LOCKED lets other instances lease disjoint rows
-    -- at the same time.
+    -- Each eligible webhook's oldest due rows from its own index range, starting at its head
+    -- (the scan seeks past index entries of rows leased or finished since the last vacuum): no
+    -- more than its free slots, and no more than an even share of the batch, so the rows locked
+    -- here and not leased are at most one per webhook. SKIP LOCKED lets other instances lease
+    -- disjoint rows at the same time.
     SELECT e.webhook_id, e.head, c.id, c.run_at
     FROM eligible e
     CROSS JOIN LATERAL (
         SELECT d.id, d.run_at
         FROM dispatcher.deliveries d
-        WHERE d.webhook_id = e.webhook_id AND d.status = 'pending' AND d.run_at <= now()
+        WHERE d.webhook_id = e.webhook_id AND d.status = 'pending'
+          AND (d.run_at, d.id) >= (e.head, e.head_id) AND d.run_at <= now()
         ORDER BY d.run_at, d.id
         LIMIT least(e.free, ceil($1::float8 / (SELECT count(*) FROM eligible))::int)
         FOR UPDATE SKIP LOCKED) c
