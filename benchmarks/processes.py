@@ -91,6 +91,26 @@ def receiver_process(workdir: Path) -> Iterator[tuple[str, int]]:
         stop_process(proc, 5)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What every scenario shares: the server, the receiver and a scratch directory."""
+
+    admin_dsn: str
+    rx_url: str
+    rx_pid: int
+    workdir: Path
+
+
+@contextlib.contextmanager
+def bench_setup(admin_dsn: str | None) -> Iterator[Setup]:
+    """Start a PostgreSQL unless `admin_dsn` names one, and the receiver; stop them after."""
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        dsn = admin_dsn or stack.enter_context(embedded_server())
+        rx_url, rx_pid = stack.enter_context(receiver_process(workdir))
+        yield Setup(dsn, rx_url, rx_pid, workdir)
+
+
 class ReceiverClient:
     """Call the receiver's control endpoints."""
 
@@ -145,6 +165,11 @@ class Daemon:
     started: float  # time.monotonic() just before the process was started
     log: Path
     exit_code: int | None = None
+
+    def check_running(self) -> None:
+        """Raise BenchError if the daemon has exited."""
+        if self.proc.poll() is not None:
+            raise self.failed(f"the daemon exited early with code {self.proc.returncode}")
 
     def failed(self, why: str) -> BenchError:
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -26,12 +27,20 @@ INSERT_EVENTS_SQL = f"""
 INSERT INTO dispatcher.events (event_type, payload)
 SELECT 'bench.type_' || (g % $2), {PAYLOAD_SQL}
 FROM generate_series(0, $1 - 1) AS g"""
+# Webhook i is at /hooks/i and takes bench.type_i (with fan-out 1). Fairness runs two webhooks:
+# A (/hooks/0) gets the backlog, all of one type; B (/hooks/1) gets the probes, of the other.
+BACKLOG_TYPE, PROBE_TYPE = "bench.type_0", "bench.type_1"
+PUBLISH_SQL = "SELECT dispatcher.publish($1, $2::jsonb)::text"
 PENDING_SQL = "SELECT count(*) FROM dispatcher.deliveries WHERE status = 'pending'"
+DELIVERIES_SQL = "SELECT count(*) FROM dispatcher.deliveries"
 CREATED_SQL = "SELECT message_id::text, extract(epoch FROM created_at) FROM dispatcher.events"
 OUTCOMES_SQL = """
 SELECT count(*) FILTER (WHERE attempts > 1) AS retried,
        count(*) FILTER (WHERE status <> 'succeeded') AS failed
 FROM dispatcher.deliveries"""
+DEAD_TUPLES_SQL = """
+SELECT n_dead_tup FROM pg_stat_user_tables
+WHERE schemaname = 'dispatcher' AND relname = 'deliveries'"""
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -75,3 +84,32 @@ async def server_info(admin_dsn: str) -> dict[str, Any]:
         await conn.close()
     values["embedded"] = not os.environ.get("DISPATCHER_DATABASE_URL")
     return values
+
+
+@contextlib.asynccontextmanager
+async def holding_xmin(dsn: str, seconds: float) -> AsyncIterator[None]:
+    """Hold a REPEATABLE READ snapshot open for `seconds` (or until the block ends).
+
+    While it is held, VACUUM cannot remove the dead row versions every lease and outcome
+    leaves behind: the queue-bloat case a lease query has to survive.
+    """
+    if not seconds:
+        yield
+        return
+    conn = await asyncpg.connect(dsn)
+    tx = conn.transaction(isolation="repeatable_read")
+    await tx.start()
+    await conn.fetchval(DELIVERIES_SQL)  # takes the snapshot
+
+    async def release_later() -> None:
+        await asyncio.sleep(seconds)
+        await tx.rollback()
+
+    releaser = asyncio.create_task(release_later())
+    try:
+        yield
+    finally:
+        releaser.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await releaser
+        await conn.close()
