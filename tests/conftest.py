@@ -129,9 +129,11 @@ async def deliver_all(settings: Settings, dsn: str, within_s: float = 30.0) -> R
 
 
 @asynccontextmanager
-async def running(settings: Settings, dsn: str) -> AsyncIterator[asyncio.Task[Any]]:
+async def running(
+    settings: Settings, dsn: str, stop: asyncio.Event | None = None
+) -> AsyncIterator[asyncio.Task[RunStats]]:
     """Run the daemon in this loop for the body of the block; stop it and wait after."""
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     task = asyncio.create_task(serve(settings, dsn, stop=stop, handle_signals=False))
     try:
         yield task

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -20,13 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import metrics as metrics_module
 from dispatcher import store
-from dispatcher.daemon import RunStats, serve
+from dispatcher.daemon import serve
 from dispatcher.errors import ConfigError
 from dispatcher.metrics import LoopHistogram, Metrics, readiness
 from dispatcher.outcomes import OutcomeWriter
 from dispatcher.sender import Outcome
-from dispatcher.settings import Settings
-from tests.conftest import Receiver, add_webhook, fast_settings, publish
+from tests.conftest import Receiver, add_webhook, fast_settings, publish, running
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
@@ -37,21 +35,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-@asynccontextmanager
-async def running(
-    settings: Settings, dsn: str, stop: asyncio.Event | None = None
-) -> AsyncIterator[asyncio.Task[RunStats]]:
-    """Run the daemon in this loop; on exit stop it and wait (bounded) for it to finish."""
-    stop = stop or asyncio.Event()
-    task = asyncio.create_task(serve(settings, dsn, stop=stop, handle_signals=False))
-    try:
-        yield task
-    finally:
-        stop.set()
-        async with asyncio.timeout(20):
-            await asyncio.gather(task, return_exceptions=True)
 
 
 class Scraper:
