@@ -237,7 +237,6 @@ class Leaser:
         """Send under the sweep's deadline; a deadline passed becomes a timeout Outcome."""
         task = asyncio.current_task()
         assert task is not None
-        started_at = datetime.now(UTC)
         start = time.monotonic()
         # _sending is set and cleared with no await in between and the send, so the sweep only
         # ever cancels a worker that is suspended inside this send.
@@ -247,11 +246,12 @@ class Leaser:
         except asyncio.CancelledError:
             if task not in self._timed_out or task.uncancel() > 0:
                 raise  # shutdown, not (only) the deadline
+            elapsed = time.monotonic() - start
             return Outcome(
                 ok=False,
                 retryable=True,
-                started_at=started_at,
-                duration_ms=int((time.monotonic() - start) * 1000),
+                started_at=datetime.fromtimestamp(time.time() - elapsed, UTC),
+                duration_ms=int(elapsed * 1000),
                 error_kind="timeout",
                 error_message=f"TimeoutError: no response within {self._timeout_s:g} s",
             )
