@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, deque
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import structlog
 from dispatcher import store
 from dispatcher.metrics import Metrics
 from dispatcher.outcomes import Backoff, OutcomeWriter, describe
-from dispatcher.sender import Outcome, Sender, Signer, build_body
+from dispatcher.sender import Outcome, Sender, Signer, build_body, failed
 from dispatcher.settings import Settings
 from dispatcher.store import TRANSIENT_DB_ERRORS, DedicatedConnection, LeasedDelivery
 
@@ -61,12 +62,15 @@ class Leaser:
         self._in_flight: dict[int, LeasedDelivery] = {}
         self._ready: deque[LeasedDelivery] = deque()
         self._idle: deque[asyncio.Future[LeasedDelivery]] = deque()
-        # The attempt each worker is sending now, with its deadline; read by the sweep.
-        self._sending: dict[asyncio.Task[None], tuple[LeasedDelivery, float]] = {}
+        # The deadline of the attempt each worker is sending now; read by the sweep.
+        self._sending: dict[asyncio.Task[None], float] = {}
         self._timed_out: set[asyncio.Task[None]] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._per_webhook: Counter[int] = Counter()
         self._wake = asyncio.Event()
+        # Set whenever nothing is in flight; drain() waits on it.
+        self._all_done = asyncio.Event()
+        self._all_done.set()
         self._capacity_wanted = False
         self.leased_total = 0
         if metrics is not None:
@@ -182,6 +186,8 @@ class Leaser:
 
     def _start(self, leased: list[LeasedDelivery]) -> None:
         """Hand each leased delivery to an idle worker, or queue it for the next free one."""
+        if leased:
+            self._all_done.clear()
         for delivery in leased:
             self._per_webhook[delivery.webhook_id] += 1
             self._in_flight[delivery.id] = delivery
@@ -240,20 +246,17 @@ class Leaser:
         start = time.monotonic()
         # _sending is set and cleared with no await in between and the send, so the sweep only
         # ever cancels a worker that is suspended inside this send.
-        self._sending[task] = (d, start + self._timeout_s)
+        self._sending[task] = start + self._timeout_s
         try:
             return await self._sender.send(d.url, headers, body, timed=False, read_ok_body=False)
         except asyncio.CancelledError:
             if task not in self._timed_out or task.uncancel() > 0:
                 raise  # shutdown, not (only) the deadline
             elapsed = time.monotonic() - start
-            return Outcome(
-                ok=False,
-                retryable=True,
-                started_at=datetime.fromtimestamp(time.time() - elapsed, UTC),
-                duration_ms=int(elapsed * 1000),
-                error_kind="timeout",
-                error_message=f"TimeoutError: no response within {self._timeout_s:g} s",
+            return failed(
+                TimeoutError(f"no response within {self._timeout_s:g} s"),
+                datetime.fromtimestamp(time.time() - elapsed, UTC),
+                int(elapsed * 1000),
             )
         finally:
             del self._sending[task]
@@ -266,13 +269,15 @@ class Leaser:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for task, (_, deadline) in list(self._sending.items()):
+            for task, deadline in list(self._sending.items()):
                 if deadline <= now and task not in self._timed_out:
                     self._timed_out.add(task)
                     task.cancel()
 
     def _finish(self, d: LeasedDelivery) -> None:
         del self._in_flight[d.id]
+        if not self._in_flight:
+            self._all_done.set()
         count = self._per_webhook[d.webhook_id]
         if count > 1:
             self._per_webhook[d.webhook_id] = count - 1
@@ -290,11 +295,9 @@ class Leaser:
         """Let in-flight attempts finish for up to grace_s, then cancel and release the rest."""
         if self._in_flight:
             log.info("draining", in_flight=len(self._in_flight), grace_s=grace_s)
-            deadline = time.monotonic() + grace_s
-            while self._in_flight and time.monotonic() < deadline:
-                self._capacity_wanted = True
-                self._wake.clear()
-                await self._sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._all_done.wait()
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

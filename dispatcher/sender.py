@@ -193,15 +193,7 @@ class Sender:
                     else None
                 )
         except Exception as exc:  # every failure becomes a recorded Outcome
-            kind, retryable = classify_error(exc)
-            return Outcome(
-                ok=False,
-                retryable=retryable,
-                started_at=started_at,
-                duration_ms=elapsed_ms(),
-                error_kind=kind,
-                error_message=safe_text(describe_error(exc), 1000),
-            )
+            return failed(exc, started_at, elapsed_ms())
 
         ok = 200 <= status < 300
         message = None
@@ -282,6 +274,19 @@ def _inflate(decoder: Any, data: bytes, limit: int) -> tuple[bytes, Any, bool]:
         out += decoder.decompress(rest, limit - len(out))
     left = bool(decoder.unconsumed_tail) or (decoder.eof and bool(decoder.unused_data))
     return out, decoder, left
+
+
+def failed(exc: BaseException, started_at: datetime, duration_ms: int) -> Outcome:
+    """Describe an attempt that ended with `exc` instead of a response."""
+    kind, retryable = classify_error(exc)
+    return Outcome(
+        ok=False,
+        retryable=retryable,
+        started_at=started_at,
+        duration_ms=duration_ms,
+        error_kind=kind,
+        error_message=safe_text(describe_error(exc), 1000),
+    )
 
 
 def classify_error(exc: BaseException) -> tuple[str, bool]:
