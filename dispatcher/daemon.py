@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import os
 import signal
@@ -14,7 +15,7 @@ import aiohttp
 import asyncpg
 import structlog
 
-from dispatcher import migrate, notify, store
+from dispatcher import embedded, migrate, notify, store
 from dispatcher.leasing import Leaser
 from dispatcher.listener import Listener
 from dispatcher.metrics import Metrics, refresh_queue_gauges, start_http
@@ -43,7 +44,12 @@ async def connect_pool(settings: Settings, dsn: str, stop: asyncio.Event) -> asy
             return await store.create_pool(dsn, settings.pool_max_size)
         except store.TRANSIENT_DB_ERRORS as exc:
             delay = backoff.next()
-            log.warning("database_unavailable", error=describe(exc), retry_in_s=delay)
+            log.warning(
+                "database_unavailable",
+                database=store.database_target(dsn),
+                error=describe(exc),
+                retry_in_s=delay,
+            )
             notify.status("waiting for the database")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -114,7 +120,12 @@ async def _run(
             settings.metrics_listen, metrics, functools.partial(store.ping, pool)
         )
     stop_waiter = asyncio.create_task(stop.wait(), name="stop-waiter")
-    leasing = asyncio.create_task(leaser.run(stop, exit_when_idle), name="leaser")
+    # The leaser's log lines (database_unavailable among them) say which database it tried.
+    leaser_context = contextvars.copy_context()
+    leaser_context.run(structlog.contextvars.bind_contextvars, database=store.database_target(dsn))
+    leasing = asyncio.create_task(
+        leaser.run(stop, exit_when_idle), name="leaser", context=leaser_context
+    )
     side = [
         asyncio.create_task(writer.run(), name="outcome-writer"),
         asyncio.create_task(listener.run(), name="listener"),
@@ -192,6 +203,7 @@ def _signals(stop: asyncio.Event) -> Iterator[None]:
     def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
+            embedded.detach_all_now()
             os._exit(1)
         log.info("signal_received", signal=signal.Signals(signum).name)
         notify.stopping()

@@ -37,9 +37,9 @@ class Context:
         """Return the configured database URL, or start the embedded server and return its."""
         if settings.database_url:
             return settings.database_url
-        from dispatcher.embedded import start_embedded
+        from dispatcher import embedded
 
-        return start_embedded(settings.state_dir)
+        return embedded.attach(settings.state_dir)
 
     def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `work` with one connection, in a fresh event loop."""
@@ -128,7 +128,7 @@ def run(obj: Context, no_migrate: bool) -> None:
     dsn = obj.dsn(settings)
     click.echo(f"database: {redact(dsn)}", err=True)
     if not settings.database_url:
-        click.echo(f"  connect with: psql '{dsn}'", err=True)
+        click.echo("  connect with: dispatcher db psql (or psql with the URL above)", err=True)
     uvloop.run(serve(settings, dsn))
 
 
@@ -149,8 +149,16 @@ def migrate_command(obj: Context) -> None:
 @common_options
 @click.pass_obj
 def database_url(obj: Context) -> None:
-    """Print the database URL in use (starting the embedded server if needed)."""
-    click.echo(obj.dsn(obj.settings()))
+    """Print the database URL in use; an embedded server is started and kept running."""
+    settings = obj.settings()
+    dsn = obj.dsn(settings)
+    if not settings.database_url:
+        from dispatcher.embedded import EmbeddedServer
+
+        # The URL is for use after this command exits, so the server must outlive it.
+        EmbeddedServer(settings.state_dir).keep_running()
+        click.echo("The embedded server keeps running; `dispatcher db stop` stops it.", err=True)
+    click.echo(dsn)
 
 
 def redact(dsn: str) -> str:
@@ -163,4 +171,4 @@ def redact(dsn: str) -> str:
 
 
 # Register the management commands (they import `main` and `Context` from here).
-from dispatcher.cli import deliveries, events, webhooks  # noqa: E402, F401
+from dispatcher.cli import db, deliveries, events, webhooks  # noqa: E402, F401
