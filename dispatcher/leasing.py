@@ -227,7 +227,9 @@ class Leaser:
         row = self._writer.add(d, outcome)
         self._finish(d)
         if not outcome.ok:
-            log.info(
+            # A retry is routine; the end of a delivery, or a refused address, needs a person.
+            final = row.status != "pending" or outcome.error_kind == "blocked_address"
+            (log.warning if final else log.info)(
                 "attempt_failed",
                 webhook_id=d.webhook_id,
                 message_id=d.message_id,

@@ -8,6 +8,7 @@ import time
 import asyncpg
 import orjson
 import pytest
+import structlog.testing
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
@@ -240,3 +241,33 @@ async def test_a_sender_worker_that_dies_stops_the_daemon_loudly(
     await publish(db, "t.x")
     with pytest.raises(SystemExit, match="internal task leaser died"):
         await deliver_all(fast_settings(), dsn)
+
+
+async def test_log_levels_say_which_failures_need_a_person(
+    db: asyncpg.Pool, dsn: str, receiver: Receiver
+) -> None:
+    """A retry is logged at info; a delivery's last failure and a refused address at warning."""
+
+    async def unavailable(request: web.Request, rec: Receiver) -> web.StreamResponse:
+        return web.Response(status=503)
+
+    receiver.handler = unavailable
+    await add_webhook(db, receiver.url, ["t.x"], name="flaky")
+    # 127.0.0.2 is loopback too, but outside the one address allowed below.
+    await add_webhook(db, receiver.url.replace("127.0.0.1", "127.0.0.2"), ["t.x"], name="far")
+    await publish(db, "t.x")
+
+    settings = fast_settings(retry_schedule=(0,), allowed_networks=("127.0.0.1/32",))
+    with structlog.testing.capture_logs() as logs:
+        await deliver_all(settings, dsn)
+
+    failed = sorted(
+        (e["error_kind"], e["attempt"], e["next_status"], e["log_level"])
+        for e in logs
+        if e["event"] == "attempt_failed"
+    )
+    assert failed == [
+        ("blocked_address", 1, "failed", "warning"),
+        ("status", 1, "pending", "info"),
+        ("status", 2, "failed", "warning"),
+    ]
