@@ -72,7 +72,9 @@ class BlockedAddress(OSError):
         # (errno, strerror): aiohttp builds its ClientConnectorError message from strerror.
         super().__init__(
             errno.EACCES,
-            f"{address} is not a public address; add its network to allowed_networks to permit it",
+            f"{address} is not a public address; to permit it, add its network to "
+            "allowed_networks (for the daemon and the CLI alike), then resend the failed "
+            "deliveries: dispatcher deliveries resend --status failed --since 24h",
         )
         self.address = address
 

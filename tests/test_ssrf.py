@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from dispatcher import admin
 from dispatcher import sender as sender_module
 from dispatcher.netguard import (
     BlockedAddress,
@@ -34,7 +36,11 @@ from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_setting
 
 BODY = b'{"messageId":"m-1","type":"t.x","timestamp":"2024-01-02T03:04:05Z","data":{}}'
 HEADERS = {"content-type": "application/json", "webhook-id": "m-1"}
-REFUSED = "is not a public address; add its network to allowed_networks to permit it"
+REFUSED = (
+    "is not a public address; to permit it, add its network to allowed_networks (for the daemon"
+    " and the CLI alike), then resend the failed deliveries:"
+    " dispatcher deliveries resend --status failed --since 24h"
+)
 WARNING = "which the daemon refuses to connect to (not a public address);"
 
 
@@ -235,6 +241,26 @@ async def test_loopback_target_is_refused_once_and_never_retried(
     assert receiver.requests == []
     assert [a[:3] for a in await attempts_of(db)] == [(1, None, "blocked_address")]
     assert await delivery_state(db) == ("failed", 1, None, "blocked_address")
+
+
+async def test_a_refused_delivery_is_delivered_by_a_resend_after_the_allow_list_changes(
+    db: asyncpg.Pool, dsn: str, receiver: Receiver
+) -> None:
+    """The way to recover that a blocked_address attempt's message names works."""
+    await add_webhook(db, receiver.url, ["t.x"])
+    await publish(db, "t.x")
+    await deliver_all(fast_settings(allowed_networks=()), dsn)
+    assert await delivery_state(db) == ("failed", 1, None, "blocked_address")
+
+    async with db.acquire() as conn:
+        assert await admin.bulk_resend(conn, "failed", timedelta(hours=24), None, False) == (1, 1)
+    await deliver_all(fast_settings(allowed_networks=("127.0.0.0/8",)), dsn)
+
+    assert len(receiver.requests) == 1
+    assert (
+        await db.fetchval("SELECT count(*) FROM dispatcher.deliveries WHERE status = 'succeeded'")
+        == 1
+    )
 
 
 @pytest.mark.parametrize(("template", "host", "error", "named"), LOOPBACK_TARGETS)
