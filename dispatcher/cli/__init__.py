@@ -171,4 +171,4 @@ def redact(dsn: str) -> str:
 
 
 # Register the management commands (they import `main` and `Context` from here).
-from dispatcher.cli import db, deliveries, events, webhooks  # noqa: E402, F401
+from dispatcher.cli import db, deliveries, events, listen, webhooks  # noqa: E402, F401
