@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -129,6 +130,12 @@ def run(obj: Context, no_migrate: bool) -> None:
     click.echo(f"database: {redact(dsn)}", err=True)
     if not settings.database_url:
         click.echo("  connect with: dispatcher db psql (or psql with the URL above)", err=True)
+    config = obj.config or os.environ.get("DISPATCHER_CONFIG")
+    click.echo(f"config: {config or 'none (defaults and DISPATCHER_* variables)'}", err=True)
+    if settings.allowed_networks:
+        # The SSRF guard's exceptions decide what this daemon may reach: say them at start.
+        allowed = ", ".join(settings.allowed_networks)
+        click.echo(f"  allowed_networks: {allowed} (private targets permitted)", err=True)
     uvloop.run(serve(settings, dsn))
 
 
