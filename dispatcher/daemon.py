@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import os
 import signal
@@ -120,12 +119,7 @@ async def _run(
             settings.metrics_listen, metrics, functools.partial(store.ping, pool)
         )
     stop_waiter = asyncio.create_task(stop.wait(), name="stop-waiter")
-    # The leaser's log lines (database_unavailable among them) say which database it tried.
-    leaser_context = contextvars.copy_context()
-    leaser_context.run(structlog.contextvars.bind_contextvars, database=store.database_target(dsn))
-    leasing = asyncio.create_task(
-        leaser.run(stop, exit_when_idle), name="leaser", context=leaser_context
-    )
+    leasing = asyncio.create_task(leaser.run(stop, exit_when_idle), name="leaser")
     side = [
         asyncio.create_task(writer.run(), name="outcome-writer"),
         asyncio.create_task(listener.run(), name="listener"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 
@@ -26,6 +28,35 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     # Seen when the server goes away mid-protocol during a restart.
     asyncpg.exceptions.InternalClientError,
 )
+
+
+def database_target(dsn: str) -> str:
+    """Say where `dsn` connects, as host:port or a socket path; never the user or password."""
+    try:
+        parts = urlsplit(dsn)
+        params = dict(parse_qsl(parts.query))
+    except ValueError:
+        return "an unreadable database URL"
+    hosts = params.get("host") or unquote(parts.netloc.rpartition("@")[2])
+    hosts = hosts or os.environ.get("PGHOST", "")
+    default_port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    if not hosts:
+        return f"the default local socket or localhost:{default_port}"
+    targets = []
+    for spec in hosts.split(","):
+        if spec.startswith("/"):
+            # A socket directory: the server listens on .s.PGSQL.<port> inside it.
+            targets.append(f"{spec.rstrip('/')}/.s.PGSQL.{default_port}")
+            continue
+        host, port = spec, ""
+        if spec.startswith("["):
+            host, _, rest = spec[1:].partition("]")
+            port = rest.removeprefix(":")
+            host = f"[{host}]"
+        elif spec.count(":") == 1:
+            host, _, port = spec.partition(":")
+        targets.append(f"{host or 'localhost'}:{port or default_port}")
+    return ", ".join(targets)
 
 
 def load_queries(filename: str) -> dict[str, str]:
