@@ -73,10 +73,15 @@ def test_unknown_option_is_a_usage_error(runner: CliRunner) -> None:
 
 
 def test_unreachable_database_is_one_line_and_exit_1(runner: CliRunner) -> None:
-    result = runner.invoke(main, ["migrate", "--database-url", "postgresql://u@127.0.0.1:1/x"])
+    result = runner.invoke(
+        main, ["migrate", "--database-url", "postgresql://u:hunter2@127.0.0.1:1/x"]
+    )
     assert result.exit_code == 1
-    assert result.output.startswith("error: database: ")
-    assert len(result.output.strip().splitlines()) == 1
+    assert result.output == (
+        "error: cannot connect to the database at 127.0.0.1:1 (database_url, set by"
+        " --database-url): Connect call failed ('127.0.0.1', 1)\n"
+    )
+    assert "hunter2" not in result.output
 
 
 @pytest.mark.parametrize(

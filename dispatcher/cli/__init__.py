@@ -16,7 +16,8 @@ import uvloop
 
 from dispatcher import __version__, migrate
 from dispatcher.errors import DispatcherError
-from dispatcher.settings import Settings, load_settings
+from dispatcher.settings import ENV_PREFIX, Settings, load_settings
+from dispatcher.store import database_target
 
 T = TypeVar("T")
 
@@ -48,30 +49,90 @@ class Context:
         dsn = self.dsn(self.settings())
 
         async def go() -> T:
-            conn = await asyncpg.connect(dsn)
+            try:
+                conn = await asyncpg.connect(dsn)
+            except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise DatabaseError(
+                    f"cannot connect to the database at {database_target(dsn)}"
+                    f" ({self.database_url_source()}): {connect_error(exc)}"
+                ) from None
             try:
                 return await work(conn)
+            except OSError as exc:
+                if not conn.is_closed():
+                    raise
+                raise DatabaseError(f"database: connection lost: {connect_error(exc)}") from None
             finally:
                 await conn.close()
 
         return asyncio.run(go())
 
+    def database_url_source(self) -> str:
+        """Say which setting holds the database address, and where it was set."""
+        if self.database_url:
+            return "database_url, set by --database-url"
+        if os.environ.get(ENV_PREFIX + "DATABASE_URL"):
+            return f"database_url, set by ${ENV_PREFIX}DATABASE_URL"
+        config = self.config or os.environ.get(ENV_PREFIX + "CONFIG")
+        if config and self.settings().database_url:
+            return f"database_url, set in {config}"
+        return "the embedded server: no database_url is set"
+
+
+class DatabaseError(DispatcherError):
+    """The database could not be reached, or failed a statement; the message says which."""
+
+
+def connect_error(exc: BaseException) -> str:
+    """The reason alone: '[Errno 111] Connect call failed' says no more without its errno."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return first_line(exc)
+
 
 class Group(click.Group):
-    """Turn DispatcherError into one line on stderr and exit code 1, never a traceback."""
+    """Turn DispatcherError into one line on stderr and exit code 1, never a traceback.
+
+    Every command and group added to it, at any depth, accepts --config and --database-url.
+    """
+
+    # Subgroups are of this class too, so they get the options and pass them on.
+    group_class = type
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        names = {p.name for p in cmd.params}
+        if not names & {"config", "database_url"}:
+            common_options(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            # Output still buffered is written here, where a closed pipe can be handled.
+            sys.stdout.flush()
+            return result
+        except BrokenPipeError:
+            # The reader went away (`dispatcher stats | head -1`): stop quietly, like git, and
+            # point stdout at /dev/null so the interpreter's flush at exit has nowhere to fail.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(EXIT_BROKEN_PIPE)
         except DispatcherError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         except asyncpg.CheckViolationError as exc:
             click.echo(f"error: rejected by the database: {first_line(exc)}", err=True)
             sys.exit(1)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             click.echo(f"error: database: {first_line(exc)}", err=True)
             sys.exit(1)
+        except OSError as exc:
+            click.echo(f"error: {first_line(exc)}", err=True)
+            sys.exit(1)
+
+
+# What a shell reports for a process killed by SIGPIPE (128 + 13), as git is.
+EXIT_BROKEN_PIPE = 141
 
 
 def first_line(exc: BaseException) -> str:
