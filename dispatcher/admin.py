@@ -125,6 +125,13 @@ async def set_status(conn: asyncpg.Connection, webhook_id: int, status: str) -> 
     return _require(row, f"webhook {webhook_id}")
 
 
+async def disable_webhook(conn: asyncpg.Connection, webhook_id: int) -> tuple[asyncpg.Record, int]:
+    """Disable a webhook; return it and how many pending deliveries were cancelled."""
+    row = _require(await conn.fetchrow(Q["disable_webhook"], webhook_id), f"webhook {webhook_id}")
+    cancelled: int = row["cancelled"]
+    return row, cancelled
+
+
 async def delete_webhook(conn: asyncpg.Connection, webhook_id: int) -> int:
     """Delete a webhook; return how many pending deliveries were cancelled."""
     row = await conn.fetchrow(Q["delete_webhook"], webhook_id)

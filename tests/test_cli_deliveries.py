@@ -47,6 +47,14 @@ async def count(db: asyncpg.Pool, sql: str = "", *args: Any) -> int:
     return n
 
 
+async def usage_error(cli: Cli, *args: str) -> str:
+    """Run a command with a malformed value: exit 2, click's usage error; return its last line."""
+    result = await cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Usage: "), result.output
+    return result.output.splitlines()[-1]
+
+
 def shown(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -123,8 +131,10 @@ async def test_event_types_errors(cli: Cli, db: asyncpg.Pool) -> None:
     assert await cli.error("event-types", "remove", "nope.nope") == (
         "error: event type nope.nope is not in the catalog\n"
     )
-    bad_sample = await cli.error("event-types", "add", "t.y", "--sample", "{not json")
-    assert bad_sample.startswith("error: --sample is not valid JSON: ")
+    bad_sample = await usage_error(cli, "event-types", "add", "t.y", "--sample", "{not json")
+    assert bad_sample.startswith(
+        "Error: Invalid value for '--sample': the value is not valid JSON: "
+    )
     for name in ("bad type", "*", "a..b"):
         assert (await cli.error("event-types", "add", name)).startswith(
             f"error: invalid event type '{name}': "
@@ -193,11 +203,11 @@ async def test_publish_stores_the_payload_exactly_as_sql_would(cli: Cli, db: asy
 async def test_publish_errors(cli: Cli, db: asyncpg.Pool) -> None:
     await add_webhook(db, "https://a.example/", ["*"])
 
-    bad_json = await cli.error("events", "publish", "t.x", "--data", "{'single': 1}")
-    assert bad_json.startswith("error: --data is not valid JSON: ")
-    assert await cli.error("events", "publish", "t.x", "--data", "{}", "--message-id", "nope") == (
-        "error: invalid message id 'nope': expected a UUID\n"
-    )
+    bad_json = await usage_error(cli, "events", "publish", "t.x", "--data", "{'single': 1}")
+    assert bad_json.startswith("Error: Invalid value for '--data': the value is not valid JSON: ")
+    assert await usage_error(
+        cli, "events", "publish", "t.x", "--data", "{}", "--message-id", "nope"
+    ) == ("Error: Invalid value for '--message-id': 'nope' is not a valid UUID.")
     assert (await cli.error("events", "publish", "a b", "--data", "{}")).startswith(
         "error: invalid event type 'a b': "
     )
@@ -269,8 +279,8 @@ async def test_events_resend_errors(cli: Cli, db: asyncpg.Pool) -> None:
     assert await cli.error("events", "resend", str(unknown)) == (
         f"error: event {unknown} does not exist\n"
     )
-    assert await cli.error("events", "resend", "12345") == (
-        "error: invalid message id '12345': expected a UUID\n"
+    assert await usage_error(cli, "events", "resend", "12345") == (
+        "Error: Invalid value for 'MESSAGE_ID': '12345' is not a valid UUID."
     )
     assert await cli.error("events", "resend", mid, "--webhook", "999") == (
         "error: webhook 999 does not exist\n"
@@ -445,8 +455,9 @@ async def test_deliveries_list_json_fields_and_human_table(cli: Cli, db: asyncpg
 
 
 async def test_deliveries_list_bad_options(cli: Cli, db: asyncpg.Pool) -> None:
-    assert await cli.error("deliveries", "list", "--since", "yesterday") == (
-        "error: invalid duration 'yesterday': use forms like 90s, 15m, 2h, 7d\n"
+    assert await usage_error(cli, "deliveries", "list", "--since", "yesterday") == (
+        "Error: Invalid value for '--since': invalid duration 'yesterday':"
+        " use forms like 90s, 15m, 2h, 7d"
     )
     for args in (["--status", "lost"], ["--limit", "0"], ["--webhook", "x"]):
         result = await cli("deliveries", "list", *args)
@@ -582,7 +593,8 @@ async def failed_deliveries(cli: Cli, db: asyncpg.Pool, dsn: str, receiver: Rece
     await deliver_all(fast_settings(retry_schedule=()), dsn)
     # Not resent: a disabled webhook's failure, a failed test, and a failure older than 24h.
     await db.execute("UPDATE dispatcher.webhooks SET status = 'disabled' WHERE id = $1", gone)
-    await cli.ok("webhooks", "test", str(alpha), "--event-type", "t.x")
+    # The endpoint answers 500: the test is recorded as failed, and the command exits 1.
+    assert (await cli("webhooks", "test", str(alpha), "--event-type", "t.x")).exit_code == 1
     old = uuid.UUID(await publish(db, "t.old"))
     await db.execute(
         "INSERT INTO dispatcher.deliveries (message_id, webhook_id, status, attempts, created_at,"
@@ -680,8 +692,9 @@ async def test_bulk_resend_limited_to_one_webhook_and_window(
     assert await cli.error("deliveries", "resend", "--since", "24h", "--webhook", "999") == (
         "error: webhook 999 does not exist\n"
     )
-    assert await cli.error("deliveries", "resend", "--since", "soon") == (
-        "error: invalid duration 'soon': use forms like 90s, 15m, 2h, 7d\n"
+    assert await usage_error(cli, "deliveries", "resend", "--since", "soon") == (
+        "Error: Invalid value for '--since': invalid duration 'soon':"
+        " use forms like 90s, 15m, 2h, 7d"
     )
     assert (await cli("deliveries", "resend")).exit_code == 2
     assert await count(db) == total + 6
@@ -803,8 +816,9 @@ async def test_stats_of_an_empty_queue(cli: Cli) -> None:
         "oldest_due_s": None,
         "webhooks": [],
     }
-    assert await cli.error("stats", "--window", "forever") == (
-        "error: invalid duration 'forever': use forms like 90s, 15m, 2h, 7d\n"
+    assert await usage_error(cli, "stats", "--window", "forever") == (
+        "Error: Invalid value for '--window': invalid duration 'forever':"
+        " use forms like 90s, 15m, 2h, 7d"
     )
 
 

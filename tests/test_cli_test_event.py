@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
+from click.testing import Result
 
 from dispatcher.signing import verify
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings
@@ -127,6 +128,16 @@ async def assert_only_the_test_delivery(
     assert receiver.on("/all") == []
     row: asyncpg.Record = rows[0]
     return row
+
+
+async def refused_test(cli: Cli, *args: str) -> Result:
+    """Run `webhooks test` against an endpoint that does not answer 2xx: exit code 1, the full
+    report on stdout, and one `error:` line on stderr saying why."""
+    result = await cli("webhooks", "test", *args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: webhook {args[0]} did not accept the test event (")
+    return result
 
 
 def assert_secret_hidden(output: str, secret: str) -> None:
@@ -311,8 +322,13 @@ async def test_a_500_answer_is_shown_as_a_failure_and_recorded_failed(
 ) -> None:
     setup = await three_subscribers(db, receiver, path="/broken")
 
-    output = await cli.ok("webhooks", "test", str(setup.webhook_id), "--event-type", "t.x")
+    result = await refused_test(cli, str(setup.webhook_id), "--event-type", "t.x")
 
+    assert (
+        result.stderr == f"error: webhook {setup.webhook_id} did not accept the test event"
+        " (it answered 500)\n"
+    )
+    output = result.stdout
     printed = parse_printed(output)
     assert len(receiver.on("/broken")) == 1
     delivery = await assert_only_the_test_delivery(db, dsn, receiver, setup, "failed")
@@ -330,9 +346,8 @@ async def test_a_500_answer_is_shown_as_a_failure_and_recorded_failed(
     )
     assert_secret_hidden(output, setup.secret)
 
-    data = orjson.loads(
-        await cli.ok("webhooks", "test", str(setup.webhook_id), "--event-type", "t.x", "--json")
-    )
+    as_json = await refused_test(cli, str(setup.webhook_id), "--event-type", "t.x", "--json")
+    data = orjson.loads(as_json.stdout)
     assert (data["delivered"], data["error_kind"], data["error_message"]) == (
         False,
         "status",
@@ -349,9 +364,16 @@ async def test_a_dead_url_is_shown_as_a_connect_error_and_recorded_failed(
 ) -> None:
     wid, secret = await add_webhook(db, f"http://127.0.0.1:{closed_port()}/hook", ["t.x"])
 
-    output = await cli.ok("webhooks", "test", str(wid), "--event-type", "t.x")
-    data = orjson.loads(await cli.ok("webhooks", "test", str(wid), "--event-type", "t.x", "--json"))
+    result = await refused_test(cli, str(wid), "--event-type", "t.x")
+    as_json = await refused_test(cli, str(wid), "--event-type", "t.x", "--json")
 
+    assert (
+        result.stderr
+        == as_json.stderr
+        == (f"error: webhook {wid} did not accept the test event (no response: connect)\n")
+    )
+    output = result.stdout
+    data = orjson.loads(as_json.stdout)
     printed = parse_printed(output)
     assert re.fullmatch(r"Response none: connect: .+  \(\d+ ms\)", printed.response_line), (
         printed.response_line
@@ -402,3 +424,22 @@ async def test_invalid_event_type_sends_and_records_nothing(
     assert receiver.requests == []
     assert await db.fetchval("SELECT count(*) FROM dispatcher.events") == 0
     assert await db.fetchval("SELECT count(*) FROM dispatcher.deliveries") == 0
+
+
+async def test_a_disabled_webhook_is_sent_the_test_with_a_note(
+    cli: Cli, db: asyncpg.Pool, receiver: Receiver
+) -> None:
+    wid, _ = await add_webhook(db, receiver.url + "/off", ["t.x"], status="disabled")
+    on, _ = await add_webhook(db, receiver.url + "/on", ["t.x"])
+
+    result = await cli("webhooks", "test", str(wid), "--json")
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"note: webhook {wid} is disabled: the daemon is not delivering to it;"
+        " sending the test anyway.\n"
+    )
+    assert orjson.loads(result.stdout)["delivered"] is True
+    assert len(receiver.on("/off")) == 1
+    active = await cli("webhooks", "test", str(on))
+    assert (active.exit_code, active.stderr) == (0, "")

@@ -60,6 +60,14 @@ def assert_usage_error(result: Result, message: str) -> None:
     assert "Traceback" not in result.output
 
 
+def assert_error_after_prompt(result: Result, wid: int, answer: str) -> None:
+    """The prompt ends its line (stdin is no terminal), then CliRunner echoes the answer."""
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert result.stdout == f"Delete webhook {wid} (Zapier, https://x.example/in)? [y/N]:\n{answer}"
+    assert result.stderr == "error: not deleted\n"
+
+
 def shown(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -420,7 +428,9 @@ async def test_disable_cancels_pending_and_enable_restores(cli: Cli, db: asyncpg
     await publish(db, "a.b")
     await publish(db, "a.b")
 
-    assert await cli.ok("webhooks", "disable", str(wid)) == f"Webhook {wid} is disabled.\n"
+    assert await cli.ok("webhooks", "disable", str(wid)) == (
+        f"Webhook {wid} is disabled; 2 pending deliveries cancelled.\n"
+    )
     rows = await db.fetch(
         "SELECT webhook_id, status, last_error_kind FROM dispatcher.deliveries ORDER BY id"
     )
@@ -433,7 +443,12 @@ async def test_disable_cancels_pending_and_enable_restores(cli: Cli, db: asyncpg
     data = await cli.json("webhooks", "enable", str(wid))
     assert list(data) == WEBHOOK_FIELDS
     assert (data["id"], data["status"]) == (wid, "active")
-    assert (await cli.json("webhooks", "disable", str(wid)))["status"] == "disabled"
+    data = await cli.json("webhooks", "disable", str(wid))
+    assert list(data) == [*WEBHOOK_FIELDS, "cancelled"]
+    assert (data["status"], data["cancelled"]) == ("disabled", 0)
+    # Disabling a disabled webhook cancels nothing, whatever is pending.
+    again = await cli.ok("webhooks", "disable", str(wid))
+    assert again == f"Webhook {wid} is disabled; 0 pending deliveries cancelled.\n"
     assert await cli.ok("webhooks", "enable", str(wid)) == f"Webhook {wid} is active.\n"
     assert (
         await db.fetchval(
@@ -448,16 +463,18 @@ async def test_disable_cancels_pending_and_enable_restores(cli: Cli, db: asyncpg
 # --- delete -----------------------------------------------------------------------------
 
 
-async def test_delete_asks_and_n_aborts_with_nothing_deleted(cli: Cli, db: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("answer", ["n\n", "\n", ""])
+async def test_delete_declined_is_an_error_line_and_deletes_nothing(
+    cli: Cli, db: asyncpg.Pool, answer: str
+) -> None:
+    """'n', the default (Enter), and end of input all decline: one `error:` line, exit 1."""
     wid, _ = await add_webhook(db, "https://x.example/in", ["a.b"], name="Zapier")
     await publish(db, "a.b")
 
-    result = await cli("webhooks", "delete", str(wid), input="n\n")
+    result = await cli("webhooks", "delete", str(wid), input=answer)
 
-    assert result.exit_code == 1
-    assert result.output == (
-        f"Delete webhook {wid} (Zapier, https://x.example/in)? [y/N]: n\nAborted!\n"
-    )
+    assert_error_after_prompt(result, wid, answer)
+    assert "Aborted" not in result.output
     assert await count(db, "webhooks") == 1
     assert await db.fetchval("SELECT status FROM dispatcher.deliveries") == "pending"
 
@@ -467,11 +484,13 @@ async def test_delete_asks_and_y_deletes_cancelling_pending(cli: Cli, db: asyncp
     await publish(db, "a.b")
     await publish(db, "a.b")
 
-    out = await cli.ok("webhooks", "delete", str(wid), input="y\n")
+    result = await cli("webhooks", "delete", str(wid), input="y\n")
 
-    assert out == (
-        f"Delete webhook {wid} (Zapier, https://x.example/in)? [y/N]: y\n"
-        f"Deleted webhook {wid}; 2 pending deliveries cancelled.\n"
+    # Not a terminal: the prompt ends its line (CliRunner then echoes the answer).
+    assert (result.exit_code, result.stdout) == (
+        0,
+        f"Delete webhook {wid} (Zapier, https://x.example/in)? [y/N]:\ny\n"
+        f"Deleted webhook {wid}; 2 pending deliveries cancelled.\n",
     )
     assert await count(db, "webhooks") == 0
     rows = await db.fetch("SELECT status, last_error_kind FROM dispatcher.deliveries")

@@ -123,7 +123,11 @@ async def test_disable_cancels_pending_rejects_late_outcomes_and_replays_nothing
     cli: Cli, db: asyncpg.Pool, dsn: str, receiver: Receiver, scene: Scene
 ) -> None:
     result = await cli("webhooks", "disable", str(scene.held))
-    assert (result.exit_code, result.output) == (0, f"Webhook {scene.held} is disabled.\n")
+    # Five pending, two of them leased and in flight: all are cancelled, and counted.
+    assert (result.exit_code, result.output) == (
+        0,
+        f"Webhook {scene.held} is disabled; 5 pending deliveries cancelled.\n",
+    )
     assert await held_states(db, scene.held) == {("cancelled", False): 5}
 
     # Published while disabled: the daemon serves the control webhook, the held one gets nothing.

@@ -7,7 +7,7 @@ import click
 from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import ago, emit_json, fields, plain, shorten, table
-from dispatcher.validation import parse_duration
+from dispatcher.cli.params import DURATION, ID, Duration
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 DELIVERY_FIELDS = (
@@ -45,10 +45,12 @@ def deliveries() -> None:
 
 @deliveries.command(name="list")
 @common_options
-@click.option("--webhook", "webhook_id", type=int, help="Only this webhook.")
+@click.option("--webhook", "webhook_id", type=ID, help="Only this webhook.")
 @click.option("--status", type=STATUSES, help="Only deliveries in this state.")
 @click.option("--event-type", help="Only events of this type.")
-@click.option("--since", metavar="DURATION", help="Only deliveries created this recently (2h).")
+@click.option(
+    "--since", type=DURATION, metavar="DURATION", help="Only deliveries created this recently (2h)."
+)
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @json_option
 @click.pass_obj
@@ -57,12 +59,12 @@ def list_(
     webhook_id: int | None,
     status: str | None,
     event_type: str | None,
-    since: str | None,
+    since: Duration | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """List deliveries, newest first."""
-    window = None if since is None else parse_duration(since)
+    window = None if since is None else since.delta
     rows = obj.run(
         lambda conn: admin.list_deliveries(conn, webhook_id, status, event_type, window, limit)
     )
@@ -92,7 +94,7 @@ def list_(
 
 @deliveries.command()
 @common_options
-@click.argument("delivery_id", type=int)
+@click.argument("delivery_id", type=ID)
 @json_option
 @click.pass_obj
 def show(obj: Context, delivery_id: int, as_json: bool) -> None:
@@ -155,15 +157,17 @@ def show(obj: Context, delivery_id: int, as_json: bool) -> None:
     show_default=True,
     help="Which finished deliveries to resend.",
 )
-@click.option("--since", metavar="DURATION", required=True, help="How far back to look (24h).")
-@click.option("--webhook", "webhook_id", type=int, help="Only this webhook.")
+@click.option(
+    "--since", type=DURATION, metavar="DURATION", required=True, help="How far back to look (24h)."
+)
+@click.option("--webhook", "webhook_id", type=ID, help="Only this webhook.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be resent.")
 @json_option
 @click.pass_obj
 def resend(
     obj: Context,
     status: str,
-    since: str,
+    since: Duration,
     webhook_id: int | None,
     dry_run: bool,
     as_json: bool,
@@ -173,15 +177,14 @@ def resend(
     An (event, webhook) pair that already has a newer delivery is skipped, so running the
     same recovery twice does not send twice.
     """
-    window = parse_duration(since)
     matched, resent = obj.run(
-        lambda conn: admin.bulk_resend(conn, status, window, webhook_id, dry_run)
+        lambda conn: admin.bulk_resend(conn, status, since.delta, webhook_id, dry_run)
     )
     if as_json:
         emit_json({"matched": matched, "resent": resent, "dry_run": dry_run})
         return
     scope = f" of webhook {webhook_id}" if webhook_id is not None else ""
-    click.echo(f"{matched} {status} deliveries{scope} from the last {since} to resend.")
+    click.echo(f"{matched} {status} deliveries{scope} from the last {since.text} to resend.")
     click.echo("Dry run: nothing was sent." if dry_run else f"Queued {resent} new deliveries.")
 
 
@@ -191,15 +194,15 @@ def resend(
     "--window",
     default="24h",
     show_default=True,
+    type=DURATION,
     metavar="DURATION",
     help="Period for the per-webhook counts.",
 )
 @json_option
 @click.pass_obj
-def stats(obj: Context, window: str, as_json: bool) -> None:
+def stats(obj: Context, window: Duration, as_json: bool) -> None:
     """Show queue depth, leases in flight, the oldest due delivery, and outcomes per webhook."""
-    span = parse_duration(window)
-    data = obj.run(lambda conn: admin.stats(conn, span))
+    data = obj.run(lambda conn: admin.stats(conn, window.delta))
     if as_json:
         emit_json(data)
         return
@@ -212,7 +215,7 @@ def stats(obj: Context, window: str, as_json: bool) -> None:
         ]
     )
     if data["webhooks"]:
-        click.echo(f"\nLast {window} by webhook:")
+        click.echo(f"\nLast {window.text} by webhook:")
         table(
             [
                 (

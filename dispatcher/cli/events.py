@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 import click
 
 from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import emit_json, plain, shorten, table
-from dispatcher.validation import check_event_type, parse_json, parse_uuid
+from dispatcher.cli.params import ID, JSON
+from dispatcher.validation import check_event_type
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 EVENT_TYPE_FIELDS = ("name", "description", "sample", "created_at")
-
-
-def _json_text(text: str, what: str) -> str:
-    """Check that `text` is JSON and return it unchanged, for PostgreSQL to store as jsonb."""
-    parse_json(text, what)
-    return text
+JSON_SOURCES = "JSON inline, @PATH to read a file, or - to read standard input"
 
 
 @main.group(name="event-types")
@@ -29,7 +27,9 @@ def event_types() -> None:
 @common_options
 @click.argument("name")
 @click.option("--description", default="", help="What the event means.")
-@click.option("--sample", metavar="JSON", help="Payload used by `webhooks test`.")
+@click.option(
+    "--sample", type=JSON, metavar="JSON", help=f"Payload used by `webhooks test`: {JSON_SOURCES}."
+)
 @json_option
 @click.pass_obj
 def event_types_add(
@@ -37,8 +37,7 @@ def event_types_add(
 ) -> None:
     """Add an event type to the catalog."""
     check_event_type(name, allow_star=False)
-    sample_json = None if sample is None else _json_text(sample, "--sample")
-    row = obj.run(lambda conn: admin.add_event_type(conn, name, description, sample_json))
+    row = obj.run(lambda conn: admin.add_event_type(conn, name, description, sample))
     if as_json:
         emit_json(plain(row, EVENT_TYPE_FIELDS))
     else:
@@ -85,18 +84,38 @@ def events() -> None:
 @events.command()
 @common_options
 @click.argument("event_type")
-@click.option("--data", required=True, metavar="JSON", help="The event's payload.")
-@click.option("--message-id", metavar="UUID", help="Idempotency key; generated if omitted.")
+@click.option(
+    "--data", required=True, type=JSON, metavar="JSON", help=f"The event's payload: {JSON_SOURCES}."
+)
+@click.option(
+    "--message-id", type=click.UUID, metavar="UUID", help="Idempotency key; generated if omitted."
+)
+@click.option("--allow-unknown", is_flag=True, help="Accept a type missing from the catalog.")
 @json_option
 @click.pass_obj
 def publish(
-    obj: Context, event_type: str, data: str, message_id: str | None, as_json: bool
+    obj: Context,
+    event_type: str,
+    data: str,
+    message_id: uuid.UUID | None,
+    allow_unknown: bool,
+    as_json: bool,
 ) -> None:
     """Publish an event, exactly as `SELECT dispatcher.publish(...)` does."""
     check_event_type(event_type, allow_star=False)
-    payload = _json_text(data, "--data")
-    mid = None if message_id is None else parse_uuid(message_id)
-    result = obj.run(lambda conn: admin.publish(conn, event_type, payload, mid))
+
+    async def work(conn: asyncpg.Connection) -> admin.Published:
+        if not allow_unknown:
+            await admin.check_known_types(conn, [event_type])
+        return await admin.publish(conn, event_type, data, message_id)
+
+    result = obj.run(work)
+    if result.created and not result.deliveries:
+        click.echo(
+            f"warning: no active webhook subscribes to {event_type}: the event is stored,"
+            " but nothing is sent",
+            err=True,
+        )
     if as_json:
         emit_json(
             {
@@ -113,18 +132,18 @@ def publish(
 
 @events.command()
 @common_options
-@click.argument("message_id")
+@click.argument("message_id", type=click.UUID)
 @click.option(
     "--webhook",
     "webhook_id",
-    type=int,
+    type=ID,
     help="Resend to this webhook only (default: every active webhook that had it).",
 )
 @json_option
 @click.pass_obj
-def resend(obj: Context, message_id: str, webhook_id: int | None, as_json: bool) -> None:
+def resend(obj: Context, message_id: uuid.UUID, webhook_id: int | None, as_json: bool) -> None:
     """Resend a stored event: a new delivery, fresh retries, the same messageId."""
-    mid = parse_uuid(message_id)
+    mid = message_id
 
     async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return await admin.resend_event(conn, mid, webhook_id)

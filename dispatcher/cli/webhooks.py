@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -12,13 +13,15 @@ import click
 from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import cell, emit_json, fields, plain, shorten, table
+from dispatcher.cli.params import ID, Duration, DurationType
+from dispatcher.errors import DispatcherError
 from dispatcher.netguard import target_warning
 from dispatcher.testevent import TestResult, send_test
 from dispatcher.validation import (
+    check_event_type,
     check_event_types,
     check_name,
     check_url,
-    parse_duration,
     split_event_types,
 )
 
@@ -135,7 +138,7 @@ def list_(obj: Context, as_json: bool) -> None:
 
 @webhooks.command()
 @common_options
-@click.argument("webhook_id", type=int)
+@click.argument("webhook_id", type=ID)
 @json_option
 @click.pass_obj
 def show(obj: Context, webhook_id: int, as_json: bool) -> None:
@@ -216,7 +219,7 @@ def print_webhook(row: asyncpg.Record, show_secret: bool = False) -> None:
 
 @webhooks.command()
 @common_options
-@click.argument("webhook_id", type=int)
+@click.argument("webhook_id", type=ID)
 @click.option("--url", help="New endpoint URL.")
 @click.option("--name", help="New service name.")
 @click.option("--description", help="New description.")
@@ -247,7 +250,7 @@ def edit(
 
 @webhooks.command(name="events")
 @common_options
-@click.argument("webhook_id", type=int)
+@click.argument("webhook_id", type=ID)
 @click.option("--add", "to_add", multiple=True, metavar="TYPE", help="Start sending these types.")
 @click.option(
     "--remove", "to_remove", multiple=True, metavar="TYPE", help="Stop sending these types."
@@ -269,7 +272,8 @@ def events_(
     if not (to_add or to_remove or to_set):
         raise click.UsageError("nothing to change: give --add, --remove or --set")
     replace = check_event_types(split_event_types(to_set)) if to_set else None
-    add, remove = split_event_types(to_add), split_event_types(to_remove)
+    add = split_event_types(to_add)
+    remove = split_event_types(to_remove, dotted=False)
     row = obj.run(
         lambda conn: admin.change_event_types(conn, webhook_id, add, remove, replace, allow_unknown)
     )
@@ -281,20 +285,20 @@ def events_(
 
 @webhooks.command(name="rotate-secret")
 @common_options
-@click.argument("webhook_id", type=int)
+@click.argument("webhook_id", type=ID)
 @click.option(
     "--grace",
     default="24h",
     show_default=True,
     metavar="DURATION",
+    type=DurationType(allow_zero=True, maximum=admin.MAX_GRACE),
     help="How long the old secret keeps signing too (at most 7d; 0 to drop it at once).",
 )
 @json_option
 @click.pass_obj
-def rotate_secret(obj: Context, webhook_id: int, grace: str, as_json: bool) -> None:
+def rotate_secret(obj: Context, webhook_id: int, grace: Duration, as_json: bool) -> None:
     """Give a webhook a new secret; during the grace period requests carry both signatures."""
-    period = timedelta(0) if grace.strip() == "0" else parse_duration(grace)
-    row = obj.run(lambda conn: admin.rotate_secret(conn, webhook_id, period))
+    row = obj.run(lambda conn: admin.rotate_secret(conn, webhook_id, grace.delta))
     if as_json:
         emit_json(
             {
@@ -316,51 +320,62 @@ def rotate_secret(obj: Context, webhook_id: int, grace: str, as_json: bool) -> N
         click.echo("The old secret no longer signs anything.")
 
 
-def _status_command(name: str, status: str, summary: str) -> None:
-    @webhooks.command(name=name, help=summary)
-    @common_options
-    @click.argument("webhook_id", type=int)
-    @json_option
-    @click.pass_obj
-    def command(obj: Context, webhook_id: int, as_json: bool) -> None:
-        row = obj.run(lambda conn: admin.set_status(conn, webhook_id, status))
-        if as_json:
-            emit_json(plain(row, WEBHOOK_FIELDS))
-        else:
-            click.echo(f"Webhook {webhook_id} is {row['status']}.")
-
-
-_status_command(
-    "disable",
-    "disabled",
-    "Stop sending to a webhook: nothing new is queued and pending deliveries are cancelled.",
-)
-_status_command(
-    "enable",
-    "active",
-    "Start sending to a webhook again; what it missed while disabled is not replayed.",
-)
+@webhooks.command()
+@common_options
+@click.argument("webhook_id", type=ID)
+@json_option
+@click.pass_obj
+def disable(obj: Context, webhook_id: int, as_json: bool) -> None:
+    """Stop sending to a webhook: nothing new is queued and pending deliveries are cancelled."""
+    row, cancelled = obj.run(lambda conn: admin.disable_webhook(conn, webhook_id))
+    if as_json:
+        emit_json({**plain(row, WEBHOOK_FIELDS), "cancelled": cancelled})
+    else:
+        click.echo(f"Webhook {webhook_id} is disabled; {cancelled} pending deliveries cancelled.")
 
 
 @webhooks.command()
 @common_options
-@click.argument("webhook_id", type=int)
+@click.argument("webhook_id", type=ID)
+@json_option
+@click.pass_obj
+def enable(obj: Context, webhook_id: int, as_json: bool) -> None:
+    """Start sending to a webhook again; what it missed while disabled is not replayed."""
+    row = obj.run(lambda conn: admin.set_status(conn, webhook_id, "active"))
+    if as_json:
+        emit_json(plain(row, WEBHOOK_FIELDS))
+    else:
+        click.echo(f"Webhook {webhook_id} is {row['status']}.")
+
+
+@webhooks.command()
+@common_options
+@click.argument("webhook_id", type=ID)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def delete(obj: Context, webhook_id: int, yes: bool) -> None:
     """Delete a webhook; its pending deliveries are never sent. The delivery log is kept."""
     if not yes:
         row = obj.run(lambda conn: admin.get_webhook(conn, webhook_id))
-        click.confirm(
-            f"Delete webhook {webhook_id} ({row['service_name']}, {row['url']})?", abort=True
-        )
+        # Without a terminal the answer is not echoed: end the prompt with a newline, so what
+        # is printed next starts a line of its own.
+        suffix = ": " if sys.stdin.isatty() else ":\n"
+        try:
+            confirmed = click.confirm(
+                f"Delete webhook {webhook_id} ({row['service_name']}, {row['url']})?",
+                prompt_suffix=suffix,
+            )
+        except click.Abort:  # end of input, or Ctrl-C
+            confirmed = False
+        if not confirmed:
+            raise DispatcherError("not deleted")
     cancelled = obj.run(lambda conn: admin.delete_webhook(conn, webhook_id))
     click.echo(f"Deleted webhook {webhook_id}; {cancelled} pending deliveries cancelled.")
 
 
 @webhooks.command()
 @common_options
-@click.argument("webhook_id", type=int)
+@click.argument("webhook_id", type=ID)
 @click.option(
     "--event-type",
     help="Type of the test event (default: the webhook's first type). Its catalog sample is"
@@ -369,13 +384,37 @@ def delete(obj: Context, webhook_id: int, yes: bool) -> None:
 @json_option
 @click.pass_obj
 def test(obj: Context, webhook_id: int, event_type: str | None, as_json: bool) -> None:
-    """Send a test event now and show the request and the response."""
+    """Send a test event now and show the request and the response.
+
+    Exits with code 1 when the endpoint did not answer 2xx, after printing everything.
+    """
     settings = obj.settings()
-    result = obj.run(lambda conn: send_test(conn, settings, webhook_id, event_type))
+    if event_type is not None:
+        check_event_type(event_type, allow_star=False)
+
+    async def work(conn: asyncpg.Connection) -> TestResult:
+        webhook = await admin.get_webhook(conn, webhook_id)
+        if webhook["status"] != "active":
+            click.echo(
+                f"note: webhook {webhook_id} is {webhook['status']}: the daemon is not delivering"
+                " to it; sending the test anyway.",
+                err=True,
+            )
+        return await send_test(conn, settings, webhook_id, event_type)
+
+    result = obj.run(work)
     if as_json:
         emit_json(result.as_json())
-        return
-    print_test(result)
+    else:
+        print_test(result)
+    o = result.outcome
+    if not o.ok:
+        answer = (
+            f"it answered {o.response_status}"
+            if o.response_status is not None
+            else f"no response: {o.error_kind}"
+        )
+        raise DispatcherError(f"webhook {webhook_id} did not accept the test event ({answer})")
 
 
 def print_test(result: TestResult) -> None:

@@ -58,6 +58,19 @@ RETURNING {webhook_columns};
 -- The webhooks_disable trigger cancels pending deliveries when this disables a webhook.
 UPDATE dispatcher.webhooks SET status = $2 WHERE id = $1 RETURNING {webhook_columns};
 
+-- name: disable_webhook
+-- The webhooks_disable trigger cancels the pending deliveries counted here; it fires, and so
+-- the count is not zero, only when the webhook was active.
+WITH old_status AS (
+    SELECT status FROM dispatcher.webhooks WHERE id = $1
+), pending AS (
+    SELECT count(*) AS n FROM dispatcher.deliveries
+    WHERE webhook_id = $1 AND status = 'pending' AND (SELECT status FROM old_status) = 'active'
+), updated AS (
+    UPDATE dispatcher.webhooks SET status = 'disabled' WHERE id = $1 RETURNING {webhook_columns}
+)
+SELECT updated.*, (SELECT n FROM pending) AS cancelled FROM updated;
+
 -- name: delete_webhook
 -- The webhooks_delete trigger cancels its pending deliveries; their log stays.
 WITH pending AS (
