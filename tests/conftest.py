@@ -30,6 +30,15 @@ from dispatcher.daemon import RunStats, serve
 from dispatcher.settings import Settings, load_settings
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll `condition` for a real process's progress; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
 def with_database(dsn: str, name: str) -> str:
     """Return `dsn` pointed at database `name`."""
     parts = urlsplit(dsn)

@@ -22,13 +22,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -117,13 +118,13 @@ class Session:
 
     def start(self) -> None:
         daemon_log = self._spawn("daemon", ["dispatcher", "run"])
-        _wait(lambda: "daemon_started" in daemon_log.read_text(), "the daemon")
+        wait_until(lambda: "daemon_started" in daemon_log.read_text(), "the daemon")
         self.dsn = re.findall(r"^database: (\S+)", daemon_log.read_text(), re.M)[0]
         for readme_port, status in zip(PORTS, ("200", "503"), strict=True):
             port = self.ports[readme_port]
             argv = ["dispatcher", "listen", "--port", port, "--status", status]
             log = self._spawn(f"listen-{readme_port}", argv)
-            _wait(lambda log=log: "listening on" in log.read_text(), "a receiver")
+            wait_until(lambda log=log: "listening on" in log.read_text(), "a receiver")
 
     def run(self, command: str) -> str:
         """Run one README command once nothing is pending; return its output as shown."""
@@ -189,7 +190,7 @@ class Session:
             finally:
                 await conn.close()
 
-        _wait(lambda: asyncio.run(pending()) == 0, "pending deliveries to finish")
+        wait_until(lambda: asyncio.run(pending()) == 0, "pending deliveries to finish")
 
 
 @contextmanager
@@ -201,14 +202,6 @@ def session() -> Iterator[Session]:
             yield s
         finally:
             s.stop()
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def write() -> None:

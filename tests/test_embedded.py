@@ -11,11 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ class Project:
                 stderr=subprocess.STDOUT,
             )
         self.daemons.append(proc)
-        wait_for(lambda: b'"daemon_started"' in (self.root / f"{name}.log").read_bytes())
+        wait_until(lambda: b'"daemon_started"' in (self.root / f"{name}.log").read_bytes(), name)
         return proc
 
     def postgres_processes(self) -> list[int]:
@@ -87,13 +88,6 @@ class Project:
                 proc.wait(10)
         if self.postgres_processes():
             self.cli("db", "stop", "--force")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -135,9 +129,11 @@ def test_killed_and_double_interrupted_daemons_leave_no_server(
     # An event in flight to a server that never answers keeps the first SIGINT's drain busy,
     # so the second SIGINT is the one that ends the process (os._exit).
     project.ok("events", "publish", "a.b", "--data", "{}")
-    wait_for(lambda: _in_flight(project) == 1)
+    wait_until(lambda: _in_flight(project) == 1, "the event in flight")
     interrupted.send_signal(signal.SIGINT)
-    wait_for(lambda: b'"stopping"' in (project.root / "interrupted.log").read_bytes())
+    wait_until(
+        lambda: b'"stopping"' in (project.root / "interrupted.log").read_bytes(), "the drain"
+    )
     interrupted.send_signal(signal.SIGINT)
     assert interrupted.wait(10) == 1
     assert b"second_signal_exiting_now" in (project.root / "interrupted.log").read_bytes()
@@ -189,7 +185,7 @@ def test_the_server_outlives_a_command_while_another_process_uses_it(project: Pr
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: holder.pid in project.users())
+    wait_until(lambda: holder.pid in project.users(), "psql to attach")
     project.ok("webhooks", "list")  # leaves while the holder still uses the server
     out, err = holder.communicate(timeout=30)
     assert holder.returncode == 0, err

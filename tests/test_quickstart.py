@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_makefile_run_is_the_daemon() -> None:
@@ -75,15 +68,15 @@ def test_the_readme_quick_start_delivers_a_verified_request(tmp_path: Path) -> N
     running = []
     try:
         running.append(daemon := terminal(1))
-        wait_for(lambda: "daemon_started" in log(1), "the daemon")
+        wait_until(lambda: "daemon_started" in log(1), "the daemon")
         running.append(receiver := terminal(2))
-        wait_for(lambda: "listening on" in log(2), "the receiver")
+        wait_until(lambda: "listening on" in log(2), "the receiver")
 
         publish = terminal(3)
         assert publish.wait(60) == 0, log(3)
         assert "INSERT 0 1" in log(3)
 
-        wait_for(lambda: "signature: verified" in log(2), "the delivery")
+        wait_until(lambda: "signature: verified" in log(2), "the delivery")
         assert "POST /hook" in log(2)
         assert '"type": "customer.updated"' in log(2)
         assert "answered 200" in log(2)
