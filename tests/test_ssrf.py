@@ -579,7 +579,7 @@ async def test_cli_add_warns_about_a_refused_target_and_still_creates_it(
     monkeypatch.delenv("DISPATCHER_ALLOWED_NETWORKS")
 
     result = await cli(
-        "webhooks", "add", "--name", "n", "--url", "http://127.0.0.1:9/x", "--events", "a"
+        "webhooks", "add", "--name", "n", "--url", "http://127.0.0.1:9/x", "--events", "a.b"
     )
 
     assert result.exit_code == 0, (result.output, result.exception)
@@ -592,7 +592,7 @@ async def test_cli_add_warns_about_a_refused_target_and_still_creates_it(
 
 async def test_cli_add_does_not_warn_when_the_target_is_allowed(cli: Cli, db: asyncpg.Pool) -> None:
     result = await cli(
-        "webhooks", "add", "--name", "n", "--url", "http://127.0.0.1:9/x", "--events", "a"
+        "webhooks", "add", "--name", "n", "--url", "http://127.0.0.1:9/x", "--events", "a.b"
     )
 
     assert result.exit_code == 0, (result.output, result.exception)
