@@ -140,7 +140,12 @@ class Leaser:
                 if self._metrics is not None:
                     self._metrics.database_error("lease")
                 pause = backoff.next()
-                log.warning("database_unavailable", error=describe(exc), retry_in_s=pause)
+                log.warning(
+                    "database_unavailable",
+                    database=self._conn.target,
+                    error=describe(exc),
+                    retry_in_s=pause,
+                )
                 await self._sleep(pause)
                 continue
             self._cursor = lease.next_cursor

@@ -166,6 +166,8 @@ class DedicatedConnection:
     def __init__(self, dsn: str, role: str) -> None:
         self._dsn = dsn
         self._name = f"{APPLICATION_NAME}-{role}"
+        # For log lines: where it connects, without credentials.
+        self.target = database_target(dsn)
         self._conn: asyncpg.Connection | None = None
 
     async def get(self) -> asyncpg.Connection:

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog.testing
 from aiohttp import web
 
 from dispatcher import migrate
@@ -155,19 +156,24 @@ async def test_survives_a_full_server_restart(
     receiver.handler = delaying(0.01)
     await add_webhook(db, receiver.url, ["t.x"])
     await publish_many(db, 200)
-    async with running(fast_settings(max_in_flight=16), dsn) as task:
-        await receiver.wait_for(50)
-        await db.close()
-        await asyncio.to_thread(private_server.stop)
-        await asyncio.sleep(2)  # the daemon keeps trying while the server is down
-        assert not task.done()
-        await asyncio.to_thread(private_server.start)
-        db = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-        await publish_many(db, 100)
-        await eventually(lambda: all_succeeded(db, 300), within_s=90)
-        assert not task.done()
+    with structlog.testing.capture_logs() as logs:
+        async with running(fast_settings(max_in_flight=16), dsn) as task:
+            await receiver.wait_for(50)
+            await db.close()
+            await asyncio.to_thread(private_server.stop)
+            await asyncio.sleep(2)  # the daemon keeps trying while the server is down
+            assert not task.done()
+            await asyncio.to_thread(private_server.start)
+            db = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+            await publish_many(db, 100)
+            await eventually(lambda: all_succeeded(db, 300), within_s=90)
+            assert not task.done()
     assert set(received_ids(receiver)) == await message_ids(db)
     await db.close()
+    # Each retry line says which server it is waiting for (a socket path here), never a password.
+    waiting = [e for e in logs if e["event"] == "database_unavailable"]
+    assert waiting
+    assert {e["database"] for e in waiting} == {f"{private_server.pgdata}/.s.PGSQL.5432"}
 
 
 async def test_started_while_the_database_is_down_it_waits_then_delivers(
