@@ -120,6 +120,14 @@ class Group(click.Group):
         except DispatcherError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:
+            click.echo(
+                "error: the database has no dispatcher schema, or an older one"
+                f" ({first_line(exc)}); run `dispatcher migrate`"
+                " (the daemon also migrates when it starts)",
+                err=True,
+            )
+            sys.exit(1)
         except asyncpg.CheckViolationError as exc:
             click.echo(f"error: rejected by the database: {first_line(exc)}", err=True)
             sys.exit(1)
