@@ -199,6 +199,7 @@ class EmbeddedServer:
     # --- the server process -------------------------------------------------------------------
 
     def _start(self) -> str:
+        self._wait_for_shutdown()
         if self._postmaster_pid() is None:
             try:
                 with warnings.catch_warnings():
@@ -237,6 +238,25 @@ class EmbeddedServer:
                     f"{STOP_TIMEOUT_S:.0f} s; see {self.pgdata / 'log'}"
                 )
         return True
+
+    def _wait_for_shutdown(self) -> None:
+        """Let a shutdown that another process asked for without waiting (detach_now) finish."""
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self._postmaster_pid() is not None and self._postmaster_status() == "stopping":
+            if time.monotonic() > deadline:
+                raise DispatcherError(
+                    f"the embedded PostgreSQL is still shutting down after {STOP_TIMEOUT_S:.0f} s;"
+                    f" see {self.pgdata / 'log'}"
+                )
+            time.sleep(0.05)
+
+    def _postmaster_status(self) -> str:
+        """The status line of postmaster.pid: starting, ready, stopping or standby."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return ""
+        return lines[7].strip() if len(lines) > 7 else ""
 
     def _postmaster_pid(self) -> int | None:
         """The server's PID if it runs; a stale postmaster.pid (a reboot, a crash) is None."""

@@ -6,6 +6,7 @@ database.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -14,8 +15,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from dispatcher.embedded import EmbeddedServer
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
@@ -221,3 +224,27 @@ def test_database_url_keeps_the_server_running_until_db_stop(project: Project) -
     assert project.ok("db", "stop").strip() == "The embedded server is stopped."
     assert project.postgres_processes() == []
     assert project.ok("db", "stop").strip() == "The embedded server was not running."
+
+
+def test_a_server_asked_to_stop_without_waiting_is_started_again_once_it_has_stopped(
+    project: Project,
+) -> None:
+    """detach_now (a second Ctrl-C) does not wait; the next process must not attach mid-shutdown."""
+    first = EmbeddedServer(project.state)
+    first.attach()
+    first.detach_now()
+    second = EmbeddedServer(project.state)
+    dsn = second.attach()
+    try:
+        assert asyncio.run(_count_webhooks(dsn)) == 0
+    finally:
+        assert second.detach()
+    assert project.postgres_processes() == []
+
+
+async def _count_webhooks(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM dispatcher.webhooks"))
+    finally:
+        await conn.close()
