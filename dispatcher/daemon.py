@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -22,6 +20,7 @@ from dispatcher.outcomes import Backoff, OutcomeWriter, describe
 from dispatcher.retention import run_retention
 from dispatcher.sender import Sender, create_session
 from dispatcher.settings import Settings
+from dispatcher.signals import stop_on_signals
 
 log = structlog.get_logger("dispatcher.daemon")
 
@@ -66,7 +65,11 @@ async def serve(
     """Deliver until stopped (SIGTERM/SIGINT or `stop`), then drain and shut down in order."""
     stop = stop or asyncio.Event()
     stats = RunStats()
-    with _signals(stop) if handle_signals else contextlib.nullcontext():
+    with (
+        stop_on_signals(stop, _stopping, _exiting_now)
+        if handle_signals
+        else contextlib.nullcontext()
+    ):
         pool = await connect_pool(settings, dsn, stop)
         if pool is None:
             return stats
@@ -189,24 +192,11 @@ async def _run(
         raise SystemExit(f"internal task {stats.failed_task} died; see the log above")
 
 
-@contextlib.contextmanager
-def _signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set `stop`; a second signal exits at once. Handlers are restored after."""
-    loop = asyncio.get_running_loop()
+def _stopping(signal_name: str) -> None:
+    log.info("signal_received", signal=signal_name)
+    notify.stopping()
 
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
-            embedded.detach_all_now()
-            os._exit(1)
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        notify.stopping()
-        stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+def _exiting_now(signal_name: str) -> None:
+    log.warning("second_signal_exiting_now", signal=signal_name)
+    embedded.detach_all_now()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from dispatcher.errors import DispatcherError
+from dispatcher.signals import stop_on_signals
 from dispatcher.signing import SECRET_PREFIX, VerificationError, secret_key, verify
 from dispatcher.testevent import SECRET_SHOWN_AS
 
@@ -173,7 +172,7 @@ async def listen(
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     stop = asyncio.Event()
-    with _signals(stop):
+    with stop_on_signals(stop):
         await runner.setup()
         try:
             try:
@@ -188,22 +187,3 @@ async def listen(
             await stop.wait()
         finally:
             await runner.cleanup()
-
-
-@contextlib.contextmanager
-def _signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set `stop`; a second signal exits at once. Handlers are restored after."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
