@@ -115,12 +115,12 @@ class EmbeddedServer:
 
     def status(self) -> Status:
         """Report whether the server runs, where, and who uses it; changes nothing."""
-        pid = self._postmaster_pid()
+        postmaster = self._postmaster()
         return Status(
             state_dir=self.state_dir,
             initialised=(self.pgdata / "PG_VERSION").exists(),
-            postmaster_pid=pid,
-            dsn=self._dsn(DATABASE) if pid is not None else None,
+            postmaster_pid=postmaster.pid if postmaster else None,
+            dsn=postmaster.dsn(DATABASE) if postmaster else None,
             users=self._live_users(),
             keep_running=self.pin.exists(),
         )
@@ -199,8 +199,12 @@ class EmbeddedServer:
     # --- the server process -------------------------------------------------------------------
 
     def _start(self) -> str:
-        self._wait_for_shutdown()
-        if self._postmaster_pid() is None:
+        postmaster = self._postmaster()
+        if postmaster is not None and postmaster.status == "stopping":
+            # A shutdown another process asked for without waiting (detach_now): let it end.
+            self._wait_for_exit(postmaster.pid)
+            postmaster = None
+        if postmaster is None:
             try:
                 with warnings.catch_warnings():
                     # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine.
@@ -218,67 +222,71 @@ class EmbeddedServer:
             atexit.unregister(server._cleanup)
             PostgresServer._instances.pop(self.pgdata, None)
             (self.pgdata / ".handle_pids.json").unlink(missing_ok=True)
-        asyncio.run(_ensure_database(self._dsn("postgres"), self._dsn(DATABASE)))
-        return self._dsn(DATABASE)
+            postmaster = self._postmaster()
+            if postmaster is None:
+                raise DispatcherError(
+                    f"the embedded PostgreSQL in {self.state_dir} exited right after starting;"
+                    f" see {self.pgdata / 'log'}"
+                )
+        asyncio.run(_ensure_database(postmaster.dsn("postgres"), postmaster.dsn(DATABASE)))
+        return postmaster.dsn(DATABASE)
 
     def _stop(self, wait: bool) -> bool:
         """Ask the postmaster for a fast shutdown (SIGINT), as `pg_ctl stop -m fast` does."""
-        pid = self._postmaster_pid()
-        if pid is None:
+        postmaster = self._postmaster()
+        if postmaster is None:
             return False
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
+            os.kill(postmaster.pid, signal.SIGINT)
         if wait:
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
+            self._wait_for_exit(postmaster.pid)
+        return True
+
+    def _wait_for_exit(self, pid: int) -> None:
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(pid):
+            if time.monotonic() > deadline:
                 raise DispatcherError(
                     f"the embedded PostgreSQL (pid {pid}) did not stop within "
                     f"{STOP_TIMEOUT_S:.0f} s; see {self.pgdata / 'log'}"
                 )
-        return True
-
-    def _wait_for_shutdown(self) -> None:
-        """Let a shutdown that another process asked for without waiting (detach_now) finish."""
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while self._postmaster_pid() is not None and self._postmaster_status() == "stopping":
-            if time.monotonic() > deadline:
-                raise DispatcherError(
-                    f"the embedded PostgreSQL is still shutting down after {STOP_TIMEOUT_S:.0f} s;"
-                    f" see {self.pgdata / 'log'}"
-                )
             time.sleep(0.05)
 
-    def _postmaster_status(self) -> str:
-        """The status line of postmaster.pid: starting, ready, stopping or standby."""
+    def _postmaster(self) -> Postmaster | None:
+        """The running server, from postmaster.pid; None if none runs (a stale file included)."""
         try:
             lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
-        except FileNotFoundError:
-            return ""
-        return lines[7].strip() if len(lines) > 7 else ""
-
-    def _postmaster_pid(self) -> int | None:
-        """The server's PID if it runs; a stale postmaster.pid (a reboot, a crash) is None."""
-        try:
-            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
-            pid = int(first)
-        except (FileNotFoundError, ValueError):
+            postmaster = Postmaster(
+                pid=int(lines[0]),
+                port=lines[3].strip(),
+                socket_dir=lines[4].strip(),
+                status=lines[7].strip() if len(lines) > 7 else "",
+            )
+        except (FileNotFoundError, ValueError, IndexError):
             return None
-        if not _alive(pid):
+        if not _alive(postmaster.pid):
             return None
         # A PID reused by another program after a crash or a reboot is not our server.
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as comm:
-            return pid if comm.read().strip() == "postgres" else None
-        return pid
+        with contextlib.suppress(OSError), open(f"/proc/{postmaster.pid}/comm") as comm:
+            return postmaster if comm.read().strip() == "postgres" else None
+        return postmaster
 
-    def _dsn(self, database: str) -> str:
-        lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
-        port, socket_dir = lines[3].strip(), lines[4].strip()
-        if socket_dir:
-            suffix = "" if port == "5432" else f"&port={port}"
-            return f"postgresql://postgres:@/{database}?host={socket_dir}{suffix}"
-        return f"postgresql://postgres:@127.0.0.1:{port}/{database}"
+
+@dataclass(frozen=True)
+class Postmaster:
+    """What postmaster.pid says about a running server."""
+
+    pid: int
+    port: str
+    socket_dir: str
+    # starting, ready, stopping or standby
+    status: str
+
+    def dsn(self, database: str) -> str:
+        if self.socket_dir:
+            suffix = "" if self.port == "5432" else f"&port={self.port}"
+            return f"postgresql://postgres:@/{database}?host={self.socket_dir}{suffix}"
+        return f"postgresql://postgres:@127.0.0.1:{self.port}/{database}"
 
 
 def attach(state_dir: Path) -> str:
