@@ -10,7 +10,9 @@ however the process ends, `kill -9` included. A file whose lock can be taken bel
 process that is gone, and is deleted. Starting, stopping, joining and leaving are serialised by
 `server.lock`, so a process that arrives while another is stopping the server waits and then
 starts it again. `keep-running` (written by `dispatcher db start` and `database-url`) keeps the
-server up when its last user leaves, until `dispatcher db stop`.
+server up when its last user leaves, until `dispatcher db stop`. `stop-asked` holds the PID of
+a server a process told to stop without waiting (a second Ctrl-C), so the next process waits
+for it to exit rather than attach to a server that is shutting down.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class EmbeddedServer:
         self.pgdata = self.state_dir / "pgdata"
         self.users_dir = self.state_dir / "users"
         self.pin = self.state_dir / "keep-running"
+        # The PID of a server told to stop by a process that did not wait for it.
+        self.stop_asked = self.state_dir / "stop-asked"
         self._user_fd: int | None = None
 
     # --- joining and leaving ------------------------------------------------------------------
@@ -200,10 +204,14 @@ class EmbeddedServer:
 
     def _start(self) -> str:
         postmaster = self._postmaster()
-        if postmaster is not None and postmaster.status == "stopping":
-            # A shutdown another process asked for without waiting (detach_now): let it end.
+        if postmaster is not None and (
+            postmaster.status == "stopping" or _read(self.stop_asked) == str(postmaster.pid)
+        ):
+            # A shutdown another process asked for without waiting (detach_now) may not show
+            # in postmaster.pid yet; its note does. Let it end, then start afresh.
             self._wait_for_exit(postmaster.pid)
             postmaster = None
+        self.stop_asked.unlink(missing_ok=True)
         if postmaster is None:
             try:
                 with warnings.catch_warnings():
@@ -236,6 +244,8 @@ class EmbeddedServer:
         postmaster = self._postmaster()
         if postmaster is None:
             return False
+        if not wait:
+            self.stop_asked.write_text(str(postmaster.pid))
         with contextlib.suppress(ProcessLookupError):
             os.kill(postmaster.pid, signal.SIGINT)
         if wait:
