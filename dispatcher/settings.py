@@ -80,6 +80,14 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if not f.name.startswith("_")}
 
 
+def config_file(
+    config_path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> str | Path | None:
+    """The TOML file settings are read from: --config, else $DISPATCHER_CONFIG, else none."""
+    env = os.environ if env is None else env
+    return config_path or env.get(ENV_PREFIX + "CONFIG") or None
+
+
 def load_settings(
     config_path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -88,7 +96,7 @@ def load_settings(
     """Build validated settings; raise ConfigError naming the first bad key."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
-    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    path = config_file(config_path, env)
     if path:
         raw.update(_read_toml(Path(path)))
     for name in _FIELDS:

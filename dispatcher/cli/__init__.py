@@ -16,7 +16,7 @@ import uvloop
 
 from dispatcher import __version__, migrate
 from dispatcher.errors import DispatcherError
-from dispatcher.settings import ENV_PREFIX, Settings, load_settings
+from dispatcher.settings import ENV_PREFIX, Settings, config_file, load_settings
 from dispatcher.store import database_target
 
 T = TypeVar("T")
@@ -73,7 +73,7 @@ class Context:
             return "database_url, set by --database-url"
         if os.environ.get(ENV_PREFIX + "DATABASE_URL"):
             return f"database_url, set by ${ENV_PREFIX}DATABASE_URL"
-        config = self.config or os.environ.get(ENV_PREFIX + "CONFIG")
+        config = config_file(self.config)
         if config and self.settings().database_url:
             return f"database_url, set in {config}"
         return "the embedded server: no database_url is set"
@@ -199,7 +199,7 @@ def run(obj: Context, no_migrate: bool) -> None:
     click.echo(f"database: {redact(dsn)}", err=True)
     if not settings.database_url:
         click.echo("  connect with: dispatcher db psql (or psql with the URL above)", err=True)
-    config = obj.config or os.environ.get("DISPATCHER_CONFIG")
+    config = config_file(obj.config)
     click.echo(f"config: {config or 'none (defaults and DISPATCHER_* variables)'}", err=True)
     if settings.allowed_networks:
         # The SSRF guard's exceptions decide what this daemon may reach: say them at start.

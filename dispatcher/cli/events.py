@@ -143,14 +143,13 @@ def publish(
 @click.pass_obj
 def resend(obj: Context, message_id: uuid.UUID, webhook_id: int | None, as_json: bool) -> None:
     """Resend a stored event: a new delivery, fresh retries, the same messageId."""
-    mid = message_id
 
     async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        return await admin.resend_event(conn, mid, webhook_id)
+        return await admin.resend_event(conn, message_id, webhook_id)
 
     rows = obj.run(work)
     if as_json:
         emit_json([{"delivery_id": r["id"], "webhook_id": r["webhook_id"]} for r in rows])
         return
     for r in rows:
-        click.echo(f"Queued delivery {r['id']} of {mid} to webhook {r['webhook_id']}.")
+        click.echo(f"Queued delivery {r['id']} of {message_id} to webhook {r['webhook_id']}.")

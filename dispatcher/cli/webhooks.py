@@ -400,7 +400,7 @@ def test(obj: Context, webhook_id: int, event_type: str | None, as_json: bool) -
                 " to it; sending the test anyway.",
                 err=True,
             )
-        return await send_test(conn, settings, webhook_id, event_type)
+        return await send_test(conn, settings, webhook, event_type)
 
     result = obj.run(work)
     if as_json:
