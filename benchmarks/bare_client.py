@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 import uvloop
 
-from dispatcher.sender import USER_AGENT, build_body
+from dispatcher.delivery.sender import USER_AGENT, build_body
 
 # Same lengths as a real Standard Webhooks signature and secret.
 _SIGNATURE = "v1," + base64.b64encode(bytes(32)).decode()

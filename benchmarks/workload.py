@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from dispatcher import migrate
+from dispatcher.ops import migrate
 
 # The payload of event g; its text form (jsonb's) is also what the bare client sends.
 PAYLOAD_SQL = """jsonb_build_object(

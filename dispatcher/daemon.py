@@ -12,15 +12,16 @@ import aiohttp
 import asyncpg
 import structlog
 
-from dispatcher import embedded, migrate, notify, store
-from dispatcher.leasing import Leaser
-from dispatcher.listener import Listener
-from dispatcher.metrics import Metrics, refresh_queue_gauges, start_http
-from dispatcher.outcomes import Backoff, OutcomeWriter, describe
-from dispatcher.retention import run_retention
-from dispatcher.sender import Sender, create_session
+from dispatcher import store
+from dispatcher.delivery.leasing import Leaser
+from dispatcher.delivery.listener import Listener
+from dispatcher.delivery.outcomes import Backoff, OutcomeWriter, describe
+from dispatcher.delivery.sender import Sender, create_session
+from dispatcher.ops import embedded, migrate, notify
+from dispatcher.ops.metrics import Metrics, refresh_queue_gauges, start_http
+from dispatcher.ops.retention import run_retention
+from dispatcher.ops.signals import stop_on_signals
 from dispatcher.settings import Settings
-from dispatcher.signals import stop_on_signals
 
 log = structlog.get_logger("dispatcher.daemon")
 

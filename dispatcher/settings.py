@@ -68,7 +68,7 @@ class Settings:
 
     @property
     def allowed(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        from dispatcher.netguard import parse_networks
+        from dispatcher.delivery.netguard import parse_networks
 
         return parse_networks(self.allowed_networks)
 

@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner, Result
 
-from dispatcher import migrate
 from dispatcher.cli import main
 from dispatcher.daemon import RunStats, serve
+from dispatcher.ops import migrate
 from dispatcher.settings import Settings, load_settings
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dispatcher import migrate
 from dispatcher.cli import main, redact
+from dispatcher.ops import migrate
 
 
 @pytest.fixture

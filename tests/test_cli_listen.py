@@ -24,9 +24,9 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from dispatcher import admin
-from dispatcher.receiver import Rules, check_secret, judge
-from dispatcher.signing import secret_key, sign
+from dispatcher.delivery.signing import secret_key, sign
+from dispatcher.manage import admin
+from dispatcher.ops.receiver import Rules, check_secret, judge
 from tests.conftest import Cli, add_webhook, fast_settings, publish, running
 
 MASK = "whsec_… (the webhook's secret; `webhooks show` prints it)"

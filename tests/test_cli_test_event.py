@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from click.testing import Result
 
-from dispatcher.signing import verify
+from dispatcher.delivery.signing import verify
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings
 
 GENERIC_PAYLOAD = {"test": True, "message": "This is a test event from webhook-dispatcher."}

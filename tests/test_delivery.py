@@ -13,8 +13,8 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher import __version__
-from dispatcher.leasing import Leaser
-from dispatcher.signing import verify
+from dispatcher.delivery.leasing import Leaser
+from dispatcher.delivery.signing import verify
 from dispatcher.store import LeasedDelivery
 from tests.conftest import Receiver, add_webhook, deliver_all, fast_settings, publish
 

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from dispatcher import store
 from dispatcher.daemon import RunStats, serve
-from dispatcher.outcomes import OutcomeWriter
-from dispatcher.sender import Outcome
+from dispatcher.delivery.outcomes import OutcomeWriter
+from dispatcher.delivery.sender import Outcome
 from dispatcher.settings import Settings
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 

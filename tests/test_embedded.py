@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dispatcher.embedded import EmbeddedServer
+from dispatcher.ops.embedded import EmbeddedServer
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from dispatcher.daemon import RunStats, serve
-from dispatcher.retry import decide
-from dispatcher.sender import Sender, create_session
+from dispatcher.delivery.retry import decide
+from dispatcher.delivery.sender import Sender, create_session
 from dispatcher.settings import Settings
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 

@@ -17,13 +17,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher import metrics as metrics_module
 from dispatcher import store
 from dispatcher.daemon import serve
+from dispatcher.delivery.outcomes import OutcomeWriter
+from dispatcher.delivery.sender import Outcome
 from dispatcher.errors import ConfigError
-from dispatcher.metrics import LoopHistogram, Metrics, readiness
-from dispatcher.outcomes import OutcomeWriter
-from dispatcher.sender import Outcome
+from dispatcher.ops import metrics as metrics_module
+from dispatcher.ops.metrics import LoopHistogram, Metrics, readiness
 from tests.conftest import Receiver, add_webhook, fast_settings, publish, running
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

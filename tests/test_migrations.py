@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from dispatcher import migrate
 from dispatcher.errors import DispatcherError
+from dispatcher.ops import migrate
 from tests.conftest import _drop, with_database
 
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from dispatcher.netguard import embedded_ipv4, is_blocked, parse_networks
+from dispatcher.delivery.netguard import embedded_ipv4, is_blocked, parse_networks
 
 # (address, blocked?) — the verdicts come from the reference's range list (section 1.2).
 BLOCKED_TABLE = [

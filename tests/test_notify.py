@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pytest
 
-from dispatcher import notify
+from dispatcher.ops import notify
 from tests.test_lifecycle import daemon, read_log_until
 
 CLOSED_PORT_DSN = "postgresql://u@127.0.0.1:1/x"

@@ -19,7 +19,7 @@ import pytest
 import structlog.testing
 from aiohttp import web
 
-from dispatcher import migrate
+from dispatcher.ops import migrate
 from tests.conftest import (
     Receiver,
     add_webhook,

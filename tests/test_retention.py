@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 from dispatcher.daemon import serve
-from dispatcher.retention import sweep_once
+from dispatcher.ops.retention import sweep_once
 from tests.conftest import Receiver, add_webhook, deliver_all, eventually, fast_settings
 
 WEEK = 7 * 86400.0

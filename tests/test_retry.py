@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from dispatcher.retry import decide, next_retry_delay
+from dispatcher.delivery.retry import decide, next_retry_delay
 
 # The schedule new installations get: three immediate retries, then three after 30 s.
 SEED = tuple(timedelta(seconds=s) for s in (0, 0, 0, 30, 30, 30))

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from dispatcher.signing import VerificationError, secret_key, sign, verify
+from dispatcher.delivery.signing import VerificationError, secret_key, sign, verify
 from tests.conftest import Cli, Received, Receiver, add_webhook, deliver_all, fast_settings, publish
 
 

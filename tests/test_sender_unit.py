@@ -14,7 +14,7 @@ from aioresponses import aioresponses
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from dispatcher.sender import (
+from dispatcher.delivery.sender import (
     Outcome,
     Sender,
     Signer,

@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from dispatcher.signing import VerificationError, secret_key, sign, verify
+from dispatcher.delivery.signing import VerificationError, secret_key, sign, verify
 
 # The test vector from the Standard Webhooks specification and its reference libraries.
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -22,15 +22,15 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from dispatcher import admin
-from dispatcher import sender as sender_module
-from dispatcher.netguard import (
+from dispatcher.delivery import sender as sender_module
+from dispatcher.delivery.netguard import (
     BlockedAddress,
     GuardedResolver,
     guarded_socket_factory,
     parse_networks,
 )
-from dispatcher.sender import Outcome, Sender, create_session
+from dispatcher.delivery.sender import Outcome, Sender, create_session
+from dispatcher.manage import admin
 from dispatcher.settings import Settings
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 

@@ -14,8 +14,9 @@ import asyncpg
 import click
 import uvloop
 
-from dispatcher import __version__, migrate
+from dispatcher import __version__
 from dispatcher.errors import DispatcherError
+from dispatcher.ops import migrate
 from dispatcher.settings import ENV_PREFIX, Settings, config_file, load_settings
 from dispatcher.store import database_target
 
@@ -39,7 +40,7 @@ class Context:
         """Return the configured database URL, or start the embedded server and return its."""
         if settings.database_url:
             return settings.database_url
-        from dispatcher import embedded
+        from dispatcher.ops import embedded
 
         return embedded.attach(settings.state_dir)
 
@@ -191,7 +192,7 @@ def main(ctx: click.Context) -> None:
 def run(obj: Context, no_migrate: bool) -> None:
     """Run the delivery daemon in the foreground until SIGTERM or SIGINT."""
     from dispatcher.daemon import serve
-    from dispatcher.logs import configure_logging
+    from dispatcher.ops.logs import configure_logging
 
     settings = obj.settings(apply_migrations=False if no_migrate else None)
     configure_logging(settings.log_level, settings.log_format)
@@ -229,7 +230,7 @@ def database_url(obj: Context) -> None:
     settings = obj.settings()
     dsn = obj.dsn(settings)
     if not settings.database_url:
-        from dispatcher.embedded import EmbeddedServer
+        from dispatcher.ops.embedded import EmbeddedServer
 
         # The URL is for use after this command exits, so the server must outlive it.
         EmbeddedServer(settings.state_dir).keep_running()

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from dispatcher.cli import Context, common_options, main, redact
-from dispatcher.embedded import EmbeddedServer
 from dispatcher.errors import DispatcherError
+from dispatcher.ops.embedded import EmbeddedServer
 
 
 @main.group()

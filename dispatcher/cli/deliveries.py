@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import ago, emit_json, fields, plain, shorten, table
 from dispatcher.cli.params import DURATION, ID, Duration
+from dispatcher.manage import admin
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 DELIVERY_FIELDS = (

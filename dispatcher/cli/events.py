@@ -7,11 +7,11 @@ import uuid
 import asyncpg
 import click
 
-from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import emit_json, plain, shorten, table
 from dispatcher.cli.params import ID, JSON
-from dispatcher.validation import check_event_type
+from dispatcher.manage import admin
+from dispatcher.manage.validation import check_event_type
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 EVENT_TYPE_FIELDS = ("name", "description", "sample", "created_at")

@@ -9,10 +9,10 @@ import asyncpg
 import click
 import orjson
 
-from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
-from dispatcher.receiver import Received, Rules, check_secret, listen
-from dispatcher.testevent import SECRET_SHOWN_AS
+from dispatcher.manage import admin
+from dispatcher.manage.testevent import SECRET_SHOWN_AS
+from dispatcher.ops.receiver import Received, Rules, check_secret, listen
 
 SHOWN_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from dispatcher.validation import ValidationError, parse_duration, parse_json
+from dispatcher.manage.validation import ValidationError, parse_duration, parse_json
 
 # Ids are PostgreSQL bigint identity values: never zero or negative.
 MAX_ID = 2**63 - 1

@@ -10,14 +10,14 @@ from typing import Any
 import asyncpg
 import click
 
-from dispatcher import admin
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import cell, emit_json, fields, plain, shorten, table
 from dispatcher.cli.params import ID, Duration, DurationType
+from dispatcher.delivery.netguard import target_warning
 from dispatcher.errors import DispatcherError
-from dispatcher.netguard import target_warning
-from dispatcher.testevent import TestResult, send_test
-from dispatcher.validation import (
+from dispatcher.manage import admin
+from dispatcher.manage.testevent import TestResult, send_test
+from dispatcher.manage.validation import (
     check_event_type,
     check_event_types,
     check_name,

@@ -32,8 +32,8 @@ from typing import Any
 
 import asyncpg
 
-from dispatcher import migrate
 from dispatcher.errors import DispatcherError
+from dispatcher.ops import migrate
 
 DATABASE = "dispatcher"
 STOP_TIMEOUT_S = 30.0

@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 
 from dispatcher.errors import DispatcherError
+from dispatcher.manage.validation import ValidationError
 from dispatcher.store import load_queries
-from dispatcher.validation import ValidationError
 
 Q = load_queries("admin.sql")
 

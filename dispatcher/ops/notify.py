@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger("dispatcher.notify")
+log = structlog.get_logger("dispatcher.ops.notify")
 
 # How many watchdog intervals without a database answer still count as healthy. Probes start
 # one interval apart, so a single hung probe already means two intervals of silence.

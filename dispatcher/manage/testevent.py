@@ -9,11 +9,12 @@ from typing import Any
 
 import asyncpg
 
-from dispatcher import admin, store
-from dispatcher.outcomes import outcome_row
-from dispatcher.sender import Outcome, Sender, Signer, build_body, create_session
+from dispatcher import store
+from dispatcher.delivery.outcomes import outcome_row
+from dispatcher.delivery.sender import Outcome, Sender, Signer, build_body, create_session
+from dispatcher.manage import admin
+from dispatcher.manage.validation import check_event_type
 from dispatcher.settings import Settings
-from dispatcher.validation import check_event_type
 
 GENERIC_TEST_PAYLOAD = '{"test": true, "message": "This is a test event from webhook-dispatcher."}'
 SECRET_SHOWN_AS = "whsec_… (the webhook's secret; `webhooks show` prints it)"

@@ -18,9 +18,14 @@ import orjson
 from aiohttp.abc import AbstractResolver
 
 from dispatcher import __version__
-from dispatcher.netguard import BlockedAddress, GuardedResolver, guarded_socket_factory, is_blocked
+from dispatcher.delivery.netguard import (
+    BlockedAddress,
+    GuardedResolver,
+    guarded_socket_factory,
+    is_blocked,
+)
+from dispatcher.delivery.signing import secret_key, sign
 from dispatcher.settings import Settings
-from dispatcher.signing import secret_key, sign
 
 USER_AGENT = f"webhook-dispatcher/{__version__}"
 

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dispatcher.delivery.signing import SECRET_PREFIX, VerificationError, secret_key, verify
 from dispatcher.errors import DispatcherError
-from dispatcher.signals import stop_on_signals
-from dispatcher.signing import SECRET_PREFIX, VerificationError, secret_key, verify
-from dispatcher.testevent import SECRET_SHOWN_AS
+from dispatcher.manage.testevent import SECRET_SHOWN_AS
+from dispatcher.ops.signals import stop_on_signals
 
 # Statuses whose responses must not carry a body.
 BODYLESS = frozenset({204, 205, 304})

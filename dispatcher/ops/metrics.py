@@ -24,11 +24,11 @@ from prometheus_client import (
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from dispatcher import store
+from dispatcher.delivery.outcomes import describe
 from dispatcher.errors import ConfigError
-from dispatcher.outcomes import describe
 from dispatcher.store import TRANSIENT_DB_ERRORS, OutcomeRow
 
-log = structlog.get_logger("dispatcher.metrics")
+log = structlog.get_logger("dispatcher.ops.metrics")
 
 # How often the queue gauges are refreshed; read at each refresh, so tests can shorten it.
 QUEUE_REFRESH_S = 5.0

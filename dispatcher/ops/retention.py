@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
-from dispatcher.outcomes import Backoff, describe
+from dispatcher.delivery.outcomes import Backoff, describe
 from dispatcher.settings import Settings
 from dispatcher.store import QUERIES, TRANSIENT_DB_ERRORS
 
-log = structlog.get_logger("dispatcher.retention")
+log = structlog.get_logger("dispatcher.ops.retention")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

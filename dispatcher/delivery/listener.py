@@ -8,13 +8,13 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from dispatcher.metrics import Metrics
-from dispatcher.outcomes import Backoff, describe
+from dispatcher.delivery.outcomes import Backoff, describe
+from dispatcher.ops.metrics import Metrics
 from dispatcher.store import APPLICATION_NAME, TRANSIENT_DB_ERRORS
 
 CHANNEL = "dispatcher_deliveries"
 
-log = structlog.get_logger("dispatcher.listener")
+log = structlog.get_logger("dispatcher.delivery.listener")
 
 
 class Listener:

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 import structlog
 
 from dispatcher import store
-from dispatcher.metrics import Metrics
-from dispatcher.outcomes import Backoff, OutcomeWriter, describe
-from dispatcher.sender import Outcome, Sender, Signer, build_body, failed
+from dispatcher.delivery.outcomes import Backoff, OutcomeWriter, describe
+from dispatcher.delivery.sender import Outcome, Sender, Signer, build_body, failed
+from dispatcher.ops.metrics import Metrics
 from dispatcher.settings import Settings
 from dispatcher.store import TRANSIENT_DB_ERRORS, DedicatedConnection, LeasedDelivery
 
-log = structlog.get_logger("dispatcher.leasing")
+log = structlog.get_logger("dispatcher.delivery.leasing")
 
 # After a lease that found due rows it could not take (locked by another instance for a moment),
 # look again this soon rather than after a full poll interval.

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dispatcher import store
-from dispatcher.retry import decide
-from dispatcher.sender import Outcome
+from dispatcher.delivery.retry import decide
+from dispatcher.delivery.sender import Outcome
 from dispatcher.settings import Settings
 from dispatcher.store import TRANSIENT_DB_ERRORS, DedicatedConnection, LeasedDelivery, OutcomeRow
 
 if TYPE_CHECKING:
-    from dispatcher.metrics import Metrics, OutcomeTag
+    from dispatcher.ops.metrics import Metrics, OutcomeTag
 
-log = structlog.get_logger("dispatcher.outcomes")
+log = structlog.get_logger("dispatcher.delivery.outcomes")
 
 
 class OutcomeWriter:

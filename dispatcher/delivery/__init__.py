@@ -1,0 +1,1 @@
+"""Delivery: lease due rows, send signed requests, record outcomes, schedule retries."""

@@ -1,0 +1,1 @@
+"""Operations: migrations, metrics, systemd notify, retention, the embedded server, logs."""
