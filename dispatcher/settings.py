@@ -50,6 +50,8 @@ class Settings:
     send_secret_header: bool = True
     max_payload_bytes: int = 262144
     metrics_listen: str | None = None
+    web_listen: str = "127.0.0.1:8080"
+    web_secure_cookie: bool = False
     retention_s: float = 7 * 86400.0
     retention_interval_s: float = 60.0
     retention_batch_size: int = 1000
@@ -169,6 +171,11 @@ def _coerce(name: str, value: Any) -> Any:
     raise AssertionError(f"no coercion for {name}: {kind}")
 
 
+def _host_port(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def _validate(s: Settings) -> None:
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
@@ -241,12 +248,10 @@ def _validate(s: Settings) -> None:
         "must be between 10 and 100000",
     )
     if s.metrics_listen is not None:
-        host, _, port = s.metrics_listen.rpartition(":")
         need(
-            bool(host) and port.isdigit() and 0 < int(port) < 65536,
-            "metrics_listen",
-            "must be HOST:PORT, e.g. 127.0.0.1:9464",
+            _host_port(s.metrics_listen), "metrics_listen", "must be HOST:PORT, e.g. 127.0.0.1:9464"
         )
+    need(_host_port(s.web_listen), "web_listen", "must be HOST:PORT, e.g. 127.0.0.1:8080")
     if s.database_url is not None:
         need(
             s.database_url.startswith(("postgres://", "postgresql://")),

@@ -317,3 +317,54 @@ async def daemon_process(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@dataclass
+class WebApp:
+    """`dispatcher web`'s app served on a free loopback port, with a token of each kind."""
+
+    url: str
+    pool: asyncpg.Pool
+    token: str
+    read_only_token: str
+    http: Any  # aiohttp.ClientSession, without cookies of its own
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = "default",
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
+        """Send one request; return (status, headers, parsed JSON body or text)."""
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
+        async with self.http.request(method, self.url + path, json=json, headers=sent) as resp:
+            text = await resp.text()
+            body: Any = text
+            if resp.content_type in ("application/json", "application/problem+json") and text:
+                body = orjson.loads(text)
+            return resp.status, resp.headers, body
+
+
+@pytest.fixture
+async def web_app(db: asyncpg.Pool) -> AsyncIterator[WebApp]:
+    import aiohttp
+
+    from dispatcher.manage.tokens import create_token
+    from dispatcher.web.app import create_app
+
+    settings = fast_settings()
+    async with db.acquire() as conn:
+        token = (await create_token(conn, "tests", read_only=False)).token
+        read_only = (await create_token(conn, "tests (read-only)", read_only=True)).token
+    runner = web.AppRunner(create_app(settings, db), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        yield WebApp(f"http://127.0.0.1:{port}", db, token, read_only, http)
+    await runner.cleanup()

@@ -248,4 +248,4 @@ def redact(dsn: str) -> str:
 
 
 # Register the management commands (they import `main` and `Context` from here).
-from dispatcher.cli import db, deliveries, events, listen, webhooks  # noqa: E402, F401
+from dispatcher.cli import db, deliveries, events, listen, tokens, web, webhooks  # noqa: E402, F401

@@ -1,0 +1,123 @@
+"""Every route but health needs a token or a console session; secrets stay out of URLs and logs."""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg
+import orjson
+import pytest
+import structlog
+
+from dispatcher.manage import tokens as token_service
+from dispatcher.settings import load_settings
+from tests.conftest import Cli, WebApp, fast_settings
+
+PUBLIC = {"/healthz"}
+
+
+def concrete(path: str) -> str:
+    """Fill a route's {placeholders} with plausible values."""
+    return re.sub(r"\{([^}:]+)(:[^}]*)?\}", lambda m: "1" if "id" in m[1] else "x", path)
+
+
+async def test_every_route_refuses_a_request_without_credentials(web_app: WebApp) -> None:
+    from dispatcher.web.app import create_app
+
+    app = create_app(fast_settings(), web_app.pool)
+    routes = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter") or info.get("prefix")
+        assert path, route
+        routes.append((route.method, concrete(path)))
+    assert len(routes) >= 2
+    checked = 0
+    for method, path in routes:
+        if path in PUBLIC or path.startswith("/static"):
+            continue
+        status, _, body = await web_app.call(method if method != "*" else "GET", path, None)
+        assert status == 401, (method, path, status, body)
+        checked += 1
+    assert checked == len(
+        [r for r in routes if r[1] not in PUBLIC and not r[1].startswith("/static")]
+    )
+
+
+async def test_health_needs_no_token(web_app: WebApp) -> None:
+    status, _, body = await web_app.call("GET", "/healthz", None)
+    assert (status, body) == (200, "ok\n")
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer dwt_not-a-token", "Bearer ", "Basic dXNlcjpwYXNz", "dwt_no-scheme"],
+)
+async def test_a_bad_authorization_header_is_a_401_problem(web_app: WebApp, header: str) -> None:
+    status, headers, body = await web_app.call(
+        "GET", "/api/v1/webhooks", None, headers={"Authorization": header}
+    )
+    assert status == 401
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert body["status"] == 401 and body["detail"]
+
+
+async def test_a_revoked_token_is_refused_at_once(web_app: WebApp) -> None:
+    async with web_app.pool.acquire() as conn:
+        new = await token_service.create_token(conn, "short-lived", read_only=False)
+        assert (await web_app.call("GET", "/healthz", new.token))[0] == 200
+        assert await token_service.authenticate_token(conn, new.token) is not None
+        await token_service.revoke_token(conn, new.row["id"])
+        assert await token_service.authenticate_token(conn, new.token) is None
+
+
+async def test_security_headers_on_every_response(web_app: WebApp) -> None:
+    for path, token in [("/healthz", None), ("/api/v1/nothing-here", "default"), ("/", None)]:
+        _, headers, _ = await web_app.call("GET", path, token)
+        assert "default-src 'self'" in headers["Content-Security-Policy"], path
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_tokens_are_stored_hashed(db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        new = await token_service.create_token(conn, "ci", read_only=True)
+    stored = await db.fetchrow("SELECT * FROM dispatcher.api_tokens WHERE id = $1", new.row["id"])
+    assert stored is not None
+    assert new.token.encode() not in orjson.dumps({k: str(v) for k, v in stored.items()})
+    assert stored["prefix"] == new.token[:10] and stored["read_only"] is True
+
+
+async def test_tokens_cli_create_list_revoke(cli: Cli, db: asyncpg.Pool) -> None:
+    created = await cli.json("tokens", "create", "--name", "deploy bot", "--read-only")
+    assert created["token"].startswith("dwt_") and created["read_only"] is True
+    listed = await cli.ok("tokens", "list")
+    assert "deploy bot" in listed and "read-only" in listed and created["token"] not in listed
+    assert "revoked" not in listed
+    assert (await cli.ok("tokens", "revoke", str(created["id"]))).startswith("Revoked token")
+    assert "revoked" in await cli.ok("tokens", "list")
+    async with db.acquire() as conn:
+        assert await token_service.authenticate_token(conn, created["token"]) is None
+    assert "token 999 does not exist" in await cli.error("tokens", "revoke", "999")
+    assert "empty" in await cli.error("tokens", "create", "--name", "  ")
+
+
+async def test_plain_token_create_prints_only_the_token_on_stdout(cli: Cli) -> None:
+    result = await cli("tokens", "create", "--name", "script")
+    assert result.exit_code == 0
+    assert re.fullmatch(r"dwt_[A-Za-z0-9_-]{43}\n", result.stdout)
+
+
+async def test_no_request_logs_a_token_or_query_string(web_app: WebApp) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await web_app.call("GET", "/api/v1/webhooks?secret=hunter2")
+        await web_app.call("GET", "/healthz", None)
+    text = repr(logs)
+    assert web_app.token not in text and "hunter2" not in text
+    assert any(entry.get("event") == "http_request" for entry in logs)
+
+
+def test_web_listen_defaults_to_loopback() -> None:
+    assert load_settings(env={}).web_listen == "127.0.0.1:8080"
