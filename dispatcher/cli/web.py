@@ -37,7 +37,10 @@ def web_command(obj: Context, listen: str | None, first_run_token: bool, no_migr
     click.echo(f"database: {redact(dsn)}", err=True)
     host, _, port = settings.web_listen.rpartition(":")
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    click.echo(f"console: http://{shown}:{port}/  (API: /api/v1, reference: /api/docs)", err=True)
+    click.echo(
+        f"console: http://{shown}:{port}/  (API: /api/v1, its OpenAPI document: /api/openapi.json)",
+        err=True,
+    )
 
     async def sign_in_hint(conn: object) -> str | None:
         import asyncpg
