@@ -1,4 +1,5 @@
-"""The shipped systemd units: hardened, notify-typed, and accepted by systemd-analyze."""
+"""The shipped systemd units: hardened alike, the daemon's notify-typed, all accepted by
+systemd-analyze."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from dispatcher.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = ["webhook-dispatcher.service", "webhook-dispatcher@.service"]
+DAEMON_UNITS = ["webhook-dispatcher.service", "webhook-dispatcher@.service"]
+WEB_UNIT = "webhook-dispatcher-web.service"
+UNITS = [*DAEMON_UNITS, WEB_UNIT]
 INSTALLED_BINARY = "/opt/webhook-dispatcher/bin/dispatcher"
 MAX_EXPOSURE = 2.0
 
@@ -97,8 +100,6 @@ def test_unit_exposure_is_at_most_2(unit: str, tmp_path: Path) -> None:
 
 
 EXPECTED = {
-    "Type": "notify",
-    "NotifyAccess": "main",
     "KillMode": "mixed",
     "Restart": "on-failure",
     "DynamicUser": "yes",
@@ -121,14 +122,21 @@ def test_unit_has_the_required_directives(unit: str) -> None:
     found = {key: service.get(key, ["<missing>"])[-1] for key in EXPECTED}
     assert found == EXPECTED
     assert "@system-service" in service["SystemCallFilter"]
-    assert seconds(service["WatchdogSec"][-1]) > 0
     assert service["MemoryMax"][-1]
     assert service["EnvironmentFile"][-1].startswith("/etc/webhook-dispatcher/")
     assert " --config /etc/webhook-dispatcher/" in service["ExecStart"][-1]
     assert "User" not in service or service["User"][-1] not in ("root", "0")
 
 
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", DAEMON_UNITS)
+def test_daemon_unit_is_notify_typed_with_a_watchdog(unit: str) -> None:
+    service = directives(unit)["Service"]
+    assert service["Type"][-1] == "notify"
+    assert service["NotifyAccess"][-1] == "main"
+    assert seconds(service["WatchdogSec"][-1]) > 0
+
+
+@pytest.mark.parametrize("unit", DAEMON_UNITS)
 def test_stop_timeout_outlasts_the_drain(unit: str) -> None:
     stop_s = seconds(directives(unit)["Service"]["TimeoutStopSec"][-1])
     shipped = load_settings(ROOT / "config" / "dispatcher.toml", env={})
@@ -138,7 +146,7 @@ def test_stop_timeout_outlasts_the_drain(unit: str) -> None:
 
 
 def test_template_differs_from_the_single_unit_only_in_its_instance_paths() -> None:
-    single, template = (directives(unit)["Service"] for unit in UNITS)
+    single, template = (directives(unit)["Service"] for unit in DAEMON_UNITS)
     assert template["ExecStart"] == [
         f"{INSTALLED_BINARY} --config /etc/webhook-dispatcher/%i.toml run"
     ]
@@ -146,3 +154,20 @@ def test_template_differs_from_the_single_unit_only_in_its_instance_paths() -> N
     for key in ("ExecStart", "EnvironmentFile"):
         del single[key], template[key]
     assert single == template
+
+
+def test_web_unit_runs_dispatcher_web_with_the_daemons_hardening() -> None:
+    web, daemon = directives(WEB_UNIT), directives("webhook-dispatcher.service")
+    assert web["Service"]["ExecStart"] == [
+        f"{INSTALLED_BINARY} --config /etc/webhook-dispatcher/dispatcher.toml web"
+    ]
+    # `dispatcher web` sends no sd_notify, so neither READY=1 nor a watchdog is awaited.
+    assert web["Service"]["Type"] == ["exec"]
+    assert "console" in web["Unit"]["Description"][-1]
+    assert "HTTP API" in web["Unit"]["Description"][-1]
+    # Everything else is the daemon's: user, environment, stop, restart, sandbox and limits.
+    for key in ("Type", "NotifyAccess", "WatchdogSec", "TimeoutStartSec", "ExecStart"):
+        web["Service"].pop(key, None)
+        daemon["Service"].pop(key, None)
+    del web["Unit"]["Description"], daemon["Unit"]["Description"]
+    assert web == daemon
