@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dispatcher run
+	$(BIN)/dispatcher run --web --first-run-token
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_makefile_run_is_the_daemon() -> None:
+MAKE_RUN = "dispatcher run --web --first-run-token"
+
+
+def test_makefile_run_is_the_daemon_and_the_console() -> None:
     """The quick start's `make run` is replaced below by the command the Makefile runs."""
-    assert "run: $(STAMP)\n\t$(BIN)/dispatcher run\n" in (ROOT / "Makefile").read_text()
+    assert f"run: $(STAMP)\n\t$(BIN)/{MAKE_RUN}\n" in (ROOT / "Makefile").read_text()
 
 
 def test_the_readme_quick_start_delivers_a_verified_request(tmp_path: Path) -> None:
@@ -42,10 +46,11 @@ def test_the_readme_quick_start_delivers_a_verified_request(tmp_path: Path) -> N
     # A checkout as a new user has it: the config files, and the venv `make` built.
     (tmp_path / "config").symlink_to(ROOT / "config")
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
-    port = str(free_port())  # 9000 may be taken on a shared machine
+    # 9000 and 8080 may be taken on a shared machine.
+    port, web_port = str(free_port()), str(free_port())
+    make_run = f".venv/bin/{MAKE_RUN} --listen 127.0.0.1:{web_port}"
     scripts = {
-        n: body.replace("make run", ".venv/bin/dispatcher run").replace("9000", port)
-        for n, body in blocks.items()
+        n: body.replace("make run", make_run).replace("9000", port) for n, body in blocks.items()
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     logs = {n: tmp_path / f"terminal-{n}.log" for n in blocks}
@@ -80,6 +85,17 @@ def test_the_readme_quick_start_delivers_a_verified_request(tmp_path: Path) -> N
         assert "POST /hook" in log(2)
         assert '"type": "customer.updated"' in log(2)
         assert "answered 200" in log(2)
+
+        # The token `make run` printed signs in to the console and the API it serves.
+        token = re.search(r"^  (dwt_\S+)$", log(1), re.MULTILINE)
+        assert token, log(1)
+        assert f"console: http://127.0.0.1:{web_port}/" in log(1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{web_port}/api/v1/webhooks",
+            headers={"Authorization": f"Bearer {token[1]}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b"127.0.0.1:" + port.encode() + b"/hook" in response.read()
 
         # Ctrl-C in terminals 2 and 1 ends everything, the embedded server included.
         for proc in (receiver, daemon):

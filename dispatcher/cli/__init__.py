@@ -188,13 +188,36 @@ def main(ctx: click.Context) -> None:
 @click.option(
     "--no-migrate", is_flag=True, help="Refuse to start on an outdated schema instead of migrating."
 )
+@click.option(
+    "--web",
+    "with_console",
+    is_flag=True,
+    help="Also serve the console and the HTTP API on web_listen (for trials; see `web`).",
+)
+@click.option(
+    "--listen",
+    "web_listen",
+    metavar="HOST:PORT",
+    help="With --web: where (default: the web_listen setting).",
+)
+@click.option(
+    "--first-run-token",
+    is_flag=True,
+    help="With --web: if no token exists yet, create one and print it to sign in with.",
+)
 @click.pass_obj
-def run(obj: Context, no_migrate: bool) -> None:
+def run(
+    obj: Context,
+    no_migrate: bool,
+    with_console: bool,
+    web_listen: str | None,
+    first_run_token: bool,
+) -> None:
     """Run the delivery daemon in the foreground until SIGTERM or SIGINT."""
     from dispatcher.daemon import serve
     from dispatcher.ops.logs import configure_logging
 
-    settings = obj.settings(apply_migrations=False if no_migrate else None)
+    settings = obj.settings(web_listen=web_listen, apply_migrations=False if no_migrate else None)
     configure_logging(settings.log_level, settings.log_format)
     dsn = obj.dsn(settings)
     click.echo(f"database: {redact(dsn)}", err=True)
@@ -206,6 +229,13 @@ def run(obj: Context, no_migrate: bool) -> None:
         # The SSRF guard's exceptions decide what this daemon may reach: say them at start.
         allowed = ", ".join(settings.allowed_networks)
         click.echo(f"  allowed_networks: {allowed} (private targets permitted)", err=True)
+    if with_console:
+        from dispatcher.cli.web import announce_console
+        from dispatcher.web.server import serve_with_console
+
+        announce_console(obj, settings, first_run_token)
+        uvloop.run(serve_with_console(settings, dsn))
+        return
     uvloop.run(serve(settings, dsn))
 
 

@@ -63,3 +63,26 @@ async def serve_web(
                 await runner.cleanup()
         finally:
             await pool.close()
+
+
+async def serve_with_console(settings: Settings, dsn: str) -> None:
+    """Run the delivery daemon and the console in one process: `dispatcher run --web`.
+
+    One stop event ends both; the daemon's signal handlers set it. If either fails, the other
+    is stopped and the failure is raised once both have shut down.
+    """
+    from dispatcher.daemon import serve
+
+    stop = asyncio.Event()
+    console = asyncio.create_task(
+        serve_web(settings, dsn, settings.web_listen, stop=stop, handle_signals=False),
+        name="console",
+    )
+    daemon = asyncio.create_task(serve(settings, dsn, stop=stop), name="daemon")
+    await asyncio.wait([console, daemon], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    await asyncio.wait([console, daemon])
+    for task in (console, daemon):
+        exc = task.exception()
+        if exc is not None:
+            raise exc
