@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
@@ -173,8 +174,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             form = await request.post()
             value = form.get(CSRF_FIELD)
             form_token = value if isinstance(value, str) else None
+        # Host only: behind a TLS proxy the scheme seen here is http while the Origin says https.
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
+        if origin is not None and urlsplit(origin).netloc != request.host:
             raise Problem(403, "cross-origin request refused")
     _check_csrf(request, who, form_token)
     if (
