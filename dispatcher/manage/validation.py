@@ -1,7 +1,8 @@
 """Pure checks of what a user types, with messages that name the problem.
 
 The database enforces the same rules with CHECK constraints (migration 002), so a plain SQL
-insert cannot bypass them; these run first so the CLI can say precisely what is wrong.
+insert cannot bypass them; these run first so the CLI and the API can say precisely what is
+wrong.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ class ValidationError(DispatcherError):
     """Input that breaks a rule; the message names the field and the rule."""
 
 
+class JsonSyntaxError(ValidationError):
+    """Text that is not JSON at all (as opposed to JSON that PostgreSQL cannot store)."""
+
+
 def check_url(url: str) -> str:
     """Return the URL if it is http(s), has a host, no user-info, and fits the length cap."""
     url = url.strip()
     if not url:
         raise ValidationError("invalid URL: it is empty")
+    check_text(url, "invalid URL: it", "PostgreSQL")
     if len(url) > MAX_URL_LENGTH:
         raise ValidationError(f"invalid URL: longer than {MAX_URL_LENGTH} characters")
     if any(c.isspace() for c in url):
@@ -64,9 +70,16 @@ def check_name(name: str) -> str:
     name = name.strip()
     if not name:
         raise ValidationError("invalid service name: it is empty")
+    check_text(name, "invalid service name: it", "PostgreSQL")
     if len(name) > MAX_NAME_LENGTH:
         raise ValidationError(f"invalid service name: longer than {MAX_NAME_LENGTH} characters")
     return name
+
+
+def check_description(description: str) -> str:
+    """Return the description if PostgreSQL can store it (it may be empty)."""
+    check_text(description, "invalid description: it", "PostgreSQL")
+    return description
 
 
 def check_event_type(event_type: str, allow_star: bool = True, dotted: bool = True) -> str:
@@ -112,20 +125,69 @@ def parse_json(text: str, what: str = "--data") -> Any:
     come back as Decimal, exact; callers store the original text, as SQL would.
     """
 
-    def reject_constant(name: str) -> Any:
-        raise ValidationError(f"{what} is not valid JSON: {name} is not a JSON number")
-
-    try:
-        value = json.loads(
-            text, parse_constant=reject_constant, parse_float=Decimal, parse_int=Decimal
-        )
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"{what} is not valid JSON: {exc}") from None
-    _check_storable(value, what)
+    value = decode_json(text, what)
+    check_storable(value, what)
     return value
 
 
-def _check_storable(value: Any, what: str) -> None:
+def decode_json(text: str | bytes, what: str) -> Any:
+    """Parse JSON text, numbers as exact Decimals; raise JsonSyntaxError if it is not JSON."""
+
+    def reject_constant(name: str) -> Any:
+        raise JsonSyntaxError(f"{what} is not valid JSON: {name} is not a JSON number")
+
+    try:
+        return json.loads(
+            text, parse_constant=reject_constant, parse_float=Decimal, parse_int=Decimal
+        )
+    except json.JSONDecodeError as exc:
+        raise JsonSyntaxError(f"{what} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise JsonSyntaxError(f"{what} is not valid JSON: it is not UTF-8 text") from None
+    except RecursionError:
+        raise JsonSyntaxError(f"{what} nests arrays or objects too deeply") from None
+
+
+def encode_json(value: Any) -> str:
+    """Render what decode_json returns as compact JSON text, every number exactly as parsed.
+
+    Iterative, like check_storable: whatever depth decode_json accepted, this renders.
+    """
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Literal):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            parts: list[Any] = []
+            for key, member in item.items():
+                parts += [_Literal("," if parts else ""), _Literal(json.dumps(key) + ":"), member]
+            stack += [_Literal("}"), *reversed(parts)]
+            out.append("{")
+        elif isinstance(item, list):
+            parts = []
+            for element in item:
+                parts += [_Literal("," if parts else ""), element]
+            stack += [_Literal("]"), *reversed(parts)]
+            out.append("[")
+        elif isinstance(item, Decimal):
+            out.append(str(item))
+        else:
+            out.append(json.dumps(item))
+    return "".join(out)
+
+
+class _Literal:
+    """Text encode_json copies to its output as it is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def check_storable(value: Any, what: str) -> None:
     """Raise if jsonb cannot hold `value`; walk with a stack, as JSON may nest deeply."""
     stack = [value]
     while stack:
@@ -136,21 +198,22 @@ def _check_storable(value: Any, what: str) -> None:
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str):
-            _check_text(item, what)
+            check_text(item, what)
         elif isinstance(item, Decimal):
             _check_number(item, what)
 
 
-def _check_text(text: str, what: str) -> None:
+def check_text(text: str, what: str, store: str = "PostgreSQL jsonb") -> None:
+    """Raise if `store` cannot hold the text: it has a NUL or an unpaired surrogate."""
     if "\x00" in text:
         raise ValidationError(
-            f"{what} contains \\u0000 (the NUL character), which PostgreSQL jsonb cannot store"
+            f"{what} contains \\u0000 (the NUL character), which {store} cannot store"
         )
     surrogate = _SURROGATE_RE.search(text)
     if surrogate:
         raise ValidationError(
             f"{what} contains an unpaired surrogate \\u{ord(surrogate[0]):04x}, which is not a"
-            " Unicode character and which PostgreSQL jsonb cannot store"
+            f" Unicode character and which {store} cannot store"
         )
 
 
