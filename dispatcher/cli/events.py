@@ -11,7 +11,6 @@ from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import emit_json, plain, shorten, table
 from dispatcher.cli.params import ID, JSON
 from dispatcher.manage import admin
-from dispatcher.manage.validation import check_event_type
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 EVENT_TYPE_FIELDS = ("name", "description", "sample", "created_at")
@@ -36,7 +35,6 @@ def event_types_add(
     obj: Context, name: str, description: str, sample: str | None, as_json: bool
 ) -> None:
     """Add an event type to the catalog."""
-    check_event_type(name, allow_star=False)
     row = obj.run(lambda conn: admin.add_event_type(conn, name, description, sample))
     if as_json:
         emit_json(plain(row, EVENT_TYPE_FIELDS))
@@ -102,14 +100,11 @@ def publish(
     as_json: bool,
 ) -> None:
     """Publish an event, exactly as `SELECT dispatcher.publish(...)` does."""
-    check_event_type(event_type, allow_star=False)
-
-    async def work(conn: asyncpg.Connection) -> admin.Published:
-        if not allow_unknown:
-            await admin.check_known_types(conn, [event_type])
-        return await admin.publish(conn, event_type, data, message_id)
-
-    result = obj.run(work)
+    result = obj.run(
+        lambda conn: admin.publish_event(
+            conn, event_type, data, message_id, allow_unknown=allow_unknown
+        )
+    )
     if result.created and not result.deliveries:
         click.echo(
             f"warning: no active webhook subscribes to {event_type}: the event is stored,"

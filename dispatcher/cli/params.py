@@ -106,6 +106,11 @@ class JsonType(click.ParamType[str]):
         return text
 
 
+def split_values(values: tuple[str, ...] | list[str]) -> list[str]:
+    """Turn repeated and comma-separated option values into one list, blanks dropped."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
 ID = IdType()
 DURATION = DurationType()
 JSON = JsonType()

@@ -12,18 +12,12 @@ import click
 
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import cell, emit_json, fields, plain, shorten, table
-from dispatcher.cli.params import ID, Duration, DurationType
+from dispatcher.cli.params import ID, Duration, DurationType, split_values
 from dispatcher.delivery.netguard import target_warning
 from dispatcher.errors import DispatcherError
 from dispatcher.manage import admin
 from dispatcher.manage.testevent import TestResult, send_test
-from dispatcher.manage.validation import (
-    check_event_type,
-    check_event_types,
-    check_name,
-    check_url,
-    split_event_types,
-)
+from dispatcher.manage.validation import check_event_type
 
 # Stable --json field names. The secret appears only in `webhooks show`.
 WEBHOOK_FIELDS = (
@@ -71,17 +65,13 @@ def add(
     as_json: bool,
 ) -> None:
     """Create a webhook; it is active at once. Prints its id and secret."""
-    name, url = check_name(name), check_url(url)
-    types = check_event_types(split_event_types(event_types))
-
-    async def work(conn: asyncpg.Connection) -> asyncpg.Record:
-        async with conn.transaction():
-            if not allow_unknown:
-                await admin.check_known_types(conn, types)
-            return await admin.add_webhook(conn, name, url, description, types)
-
-    row = obj.run(work)
-    warn_if_refused(obj, url)
+    types = split_values(event_types)
+    row = obj.run(
+        lambda conn: admin.create_webhook(
+            conn, name, url, description, types, allow_unknown=allow_unknown
+        )
+    )
+    warn_if_refused(obj, row["url"])
     if as_json:
         emit_json(plain(row, WEBHOOK_FIELDS))
         return
@@ -236,11 +226,13 @@ def edit(
     """Change a webhook's URL, name or description."""
     if url is None and name is None and description is None:
         raise click.UsageError("nothing to change: give --url, --name or --description")
-    url = None if url is None else check_url(url)
-    name = None if name is None else check_name(name)
-    row = obj.run(lambda conn: admin.update_webhook(conn, webhook_id, name, url, description))
+    row = obj.run(
+        lambda conn: admin.edit_webhook(
+            conn, webhook_id, name=name, url=url, description=description
+        )
+    )
     if url is not None:
-        warn_if_refused(obj, url)
+        warn_if_refused(obj, row["url"])
     if as_json:
         emit_json(plain(row, WEBHOOK_FIELDS))
         return
@@ -271,9 +263,9 @@ def events_(
     """Edit the list of event types a webhook is sent (comma-separated or repeated)."""
     if not (to_add or to_remove or to_set):
         raise click.UsageError("nothing to change: give --add, --remove or --set")
-    replace = check_event_types(split_event_types(to_set)) if to_set else None
-    add = split_event_types(to_add)
-    remove = split_event_types(to_remove, dotted=False)
+    replace = split_values(to_set) if to_set else None
+    add = split_values(to_add)
+    remove = split_values(to_remove)
     row = obj.run(
         lambda conn: admin.change_event_types(conn, webhook_id, add, remove, replace, allow_unknown)
     )

@@ -1,4 +1,8 @@
-"""Management operations behind the CLI: one coroutine per task, SQL in sql/admin.sql."""
+"""Management operations behind the CLI, the API and the console: one coroutine per task.
+
+Every rule about what may be created or changed is checked here (or in `validation`, which
+these call), so no surface can skip one. SQL lives in sql/admin.sql.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,16 @@ from typing import Any
 import asyncpg
 
 from dispatcher.errors import DispatcherError
-from dispatcher.manage.validation import ValidationError
+from dispatcher.manage.validation import (
+    ValidationError,
+    check_description,
+    check_event_type,
+    check_event_types,
+    check_name,
+    check_text,
+    check_url,
+    parse_json,
+)
 from dispatcher.store import load_queries
 
 Q = load_queries("admin.sql")
@@ -18,6 +31,21 @@ Q = load_queries("admin.sql")
 
 class NotFound(DispatcherError):
     """An id that names nothing."""
+
+
+class UnknownEventTypes(ValidationError):
+    """Event types missing from a non-empty catalog; `types` lists them."""
+
+    def __init__(self, types: list[str]) -> None:
+        super().__init__(
+            f"unknown event type {', '.join(types)}: not in the event-type catalog"
+            " (see `dispatcher event-types list`; pass --allow-unknown to use it anyway)"
+        )
+        self.types = types
+
+
+DELIVERY_STATUSES = ("pending", "succeeded", "failed", "cancelled")
+RESENDABLE_STATUSES = ("failed", "cancelled")
 
 
 def _seconds(window: timedelta | None) -> float | None:
@@ -37,15 +65,36 @@ async def check_known_types(conn: asyncpg.Connection, types: list[str]) -> None:
     """Reject types missing from a non-empty event-type catalog."""
     unknown: list[str] = await conn.fetchval(Q["unknown_event_types"], types)
     if unknown:
-        raise ValidationError(
-            f"unknown event type {', '.join(unknown)}: not in the event-type catalog"
-            " (see `dispatcher event-types list`; pass --allow-unknown to use it anyway)"
-        )
+        raise UnknownEventTypes(unknown)
+
+
+async def create_webhook(
+    conn: asyncpg.Connection,
+    name: str,
+    url: str,
+    description: str,
+    event_types: list[str],
+    *,
+    allow_unknown: bool = False,
+) -> asyncpg.Record:
+    """Check every field, then create the webhook; it is active at once.
+
+    Event types are de-duplicated in order; unless `allow_unknown`, each must be in the
+    catalog when the catalog is not empty.
+    """
+    name, url = check_name(name), check_url(url)
+    description = check_description(description)
+    types = check_event_types(list(dict.fromkeys(event_types)))
+    async with conn.transaction():
+        if not allow_unknown:
+            await check_known_types(conn, types)
+        return await add_webhook(conn, name, url, description, types)
 
 
 async def add_webhook(
     conn: asyncpg.Connection, name: str, url: str, description: str, event_types: list[str]
 ) -> asyncpg.Record:
+    """Insert a webhook as given: callers outside this module want `create_webhook`."""
     row: asyncpg.Record = await conn.fetchrow(Q["add_webhook"], name, url, description, event_types)
     return row
 
@@ -66,6 +115,22 @@ async def recent_failures(
     return rows
 
 
+async def edit_webhook(
+    conn: asyncpg.Connection,
+    webhook_id: int,
+    name: str | None = None,
+    url: str | None = None,
+    description: str | None = None,
+) -> asyncpg.Record:
+    """Check and change a webhook's name, URL or description; None leaves a field as it is."""
+    if name is None and url is None and description is None:
+        raise ValidationError("nothing to change: give a new name, URL or description")
+    url = None if url is None else check_url(url)
+    name = None if name is None else check_name(name)
+    description = None if description is None else check_description(description)
+    return await update_webhook(conn, webhook_id, name, url, description)
+
+
 async def update_webhook(
     conn: asyncpg.Connection,
     webhook_id: int,
@@ -73,6 +138,7 @@ async def update_webhook(
     url: str | None,
     description: str | None,
 ) -> asyncpg.Record:
+    """Write the fields as given: callers outside this module want `edit_webhook`."""
     row = await conn.fetchrow(Q["update_webhook"], webhook_id, name, url, description)
     return _require(row, f"webhook {webhook_id}")
 
@@ -85,7 +151,15 @@ async def change_event_types(
     replace: list[str] | None,
     allow_unknown: bool,
 ) -> asyncpg.Record:
-    """Add, remove or replace a webhook's event types in one transaction."""
+    """Add, remove or replace a webhook's event types in one transaction.
+
+    Added and replacing types must be dotted names (or `*`); a type to remove need only be a
+    name the database accepts, so a dotless subscription stored by SQL can be taken off.
+    """
+    if replace is not None:
+        replace = check_event_types(list(dict.fromkeys(replace)))
+    add = [check_event_type(t) for t in dict.fromkeys(add)]
+    remove = [check_event_type(t, dotted=False) for t in dict.fromkeys(remove)]
     async with conn.transaction():
         current = _require(
             await conn.fetchrow(Q["lock_webhook"], webhook_id), f"webhook {webhook_id}"
@@ -114,6 +188,8 @@ async def rotate_secret(
     conn: asyncpg.Connection, webhook_id: int, grace: timedelta
 ) -> asyncpg.Record:
     """Give a webhook a new secret; the old one also signs until the grace period ends."""
+    if grace < timedelta(0):
+        raise ValidationError("invalid grace period: it cannot be negative")
     if grace > MAX_GRACE:
         raise ValidationError("invalid grace period: at most 7 days (168h)")
     row = await conn.fetchrow(Q["rotate_secret"], webhook_id, grace.total_seconds())
@@ -147,6 +223,11 @@ async def delete_webhook(conn: asyncpg.Connection, webhook_id: int) -> int:
 async def add_event_type(
     conn: asyncpg.Connection, name: str, description: str, sample: str | None
 ) -> asyncpg.Record:
+    """Check and add a type to the catalog; `sample` is JSON text for `webhooks test`."""
+    check_event_type(name, allow_star=False)
+    description = check_description(description)
+    if sample is not None:
+        parse_json(sample, what="the sample")
     try:
         row: asyncpg.Record = await conn.fetchrow(Q["add_event_type"], name, description, sample)
     except asyncpg.UniqueViolationError:
@@ -179,9 +260,30 @@ class Published:
     deliveries: int
 
 
+async def publish_event(
+    conn: asyncpg.Connection,
+    event_type: str,
+    data_json: str,
+    message_id: uuid.UUID | None = None,
+    *,
+    allow_unknown: bool = False,
+) -> Published:
+    """Check and publish an event, idempotent on `message_id`, as `dispatcher.publish` is.
+
+    The type must be a dotted name and, unless `allow_unknown`, in a non-empty catalog;
+    `data_json` must be JSON that jsonb can store. It is stored as given.
+    """
+    check_event_type(event_type, allow_star=False)
+    parse_json(data_json, what="the data")
+    if not allow_unknown:
+        await check_known_types(conn, [event_type])
+    return await publish(conn, event_type, data_json, message_id)
+
+
 async def publish(
     conn: asyncpg.Connection, event_type: str, data_json: str, message_id: uuid.UUID | None
 ) -> Published:
+    """Publish without checks: callers outside this module want `publish_event`."""
     async with conn.transaction():
         row = await conn.fetchrow(Q["publish"], event_type, data_json, message_id)
         assert row is not None
@@ -223,9 +325,18 @@ async def list_deliveries(
     event_type: str | None,
     since: timedelta | None,
     limit: int,
+    *,
+    before_id: int | None = None,
 ) -> list[asyncpg.Record]:
+    """List deliveries newest first (by id); `before_id` starts the page after that id."""
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise ValidationError(
+            f"invalid status {status!r}: use one of {', '.join(DELIVERY_STATUSES)}"
+        )
+    if event_type is not None:
+        check_text(event_type, "the event type", "PostgreSQL")
     rows: list[asyncpg.Record] = await conn.fetch(
-        Q["list_deliveries"], webhook_id, status, event_type, _seconds(since), limit
+        Q["list_deliveries"], webhook_id, status, event_type, _seconds(since), limit, before_id
     )
     return rows
 
@@ -246,6 +357,11 @@ async def bulk_resend(
     dry_run: bool,
 ) -> tuple[int, int]:
     """Return (matched, resent); with dry_run nothing is written."""
+    if status not in RESENDABLE_STATUSES:
+        raise ValidationError(
+            f"invalid status {status!r}: only {' or '.join(RESENDABLE_STATUSES)} deliveries"
+            " are resent"
+        )
     if webhook_id is not None:
         await get_webhook(conn, webhook_id)
     async with conn.transaction():

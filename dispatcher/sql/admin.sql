@@ -159,6 +159,8 @@ WHERE ($1::bigint IS NULL OR d.webhook_id = $1)
   AND ($2::text IS NULL OR d.status = $2)
   AND ($3::text IS NULL OR e.event_type = $3)
   AND ($4::float8 IS NULL OR d.created_at >= now() - make_interval(secs => $4))
+  -- The next page after one that ended at id $6: keyset paging never repeats a row.
+  AND ($6::bigint IS NULL OR d.id < $6)
 ORDER BY d.id DESC
 LIMIT $5;
 
