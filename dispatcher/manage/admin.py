@@ -15,6 +15,7 @@ import asyncpg
 
 from dispatcher.errors import DispatcherError
 from dispatcher.manage.validation import (
+    STORED_EVENT_TYPE_RE,
     ValidationError,
     check_description,
     check_event_type,
@@ -31,6 +32,10 @@ Q = load_queries("admin.sql")
 
 class NotFound(DispatcherError):
     """An id that names nothing."""
+
+
+class AlreadyExists(DispatcherError):
+    """A name or id that is already taken."""
 
 
 class UnknownEventTypes(ValidationError):
@@ -231,7 +236,7 @@ async def add_event_type(
     try:
         row: asyncpg.Record = await conn.fetchrow(Q["add_event_type"], name, description, sample)
     except asyncpg.UniqueViolationError:
-        raise ValidationError(f"event type {name} is already in the catalog") from None
+        raise AlreadyExists(f"event type {name} is already in the catalog") from None
     return row
 
 
@@ -241,7 +246,10 @@ async def list_event_types(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 
 async def remove_event_type(conn: asyncpg.Connection, name: str) -> None:
-    if await conn.fetchval(Q["remove_event_type"], name) is None:
+    """Remove a type from the catalog; a name the catalog cannot hold is simply not in it."""
+    if not STORED_EVENT_TYPE_RE.fullmatch(name) or (
+        await conn.fetchval(Q["remove_event_type"], name) is None
+    ):
         raise NotFound(f"event type {name} is not in the catalog")
 
 
@@ -255,9 +263,12 @@ async def event_type_sample(conn: asyncpg.Connection, name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Published:
+    """What a publish did; `same_as_sent` is false when an existing id holds another event."""
+
     message_id: str
     created: bool
     deliveries: int
+    same_as_sent: bool = True
 
 
 async def publish_event(
@@ -286,13 +297,23 @@ async def publish(
     """Publish without checks: callers outside this module want `publish_event`."""
     async with conn.transaction():
         row = await conn.fetchrow(Q["publish"], event_type, data_json, message_id)
-        assert row is not None
+        if row is None:
+            # Another transaction inserted this id while ours waited on it: a new statement
+            # sees that row.
+            row = await conn.fetchrow(Q["published_before"], event_type, data_json, message_id)
+            assert row is not None
         count: int = await conn.fetchval(Q["deliveries_of_message"], row["message_id"])
-    return Published(str(row["message_id"]), row["created"], count)
+    return Published(str(row["message_id"]), row["created"], count, row["same_as_sent"])
 
 
 async def get_event(conn: asyncpg.Connection, message_id: uuid.UUID) -> asyncpg.Record:
     return _require(await conn.fetchrow(Q["get_event"], message_id), f"event {message_id}")
+
+
+async def event_deliveries(conn: asyncpg.Connection, message_id: uuid.UUID) -> list[asyncpg.Record]:
+    """Every delivery of one event, oldest first."""
+    rows: list[asyncpg.Record] = await conn.fetch(Q["event_deliveries"], message_id)
+    return rows
 
 
 async def resend_event(
@@ -313,6 +334,14 @@ async def resend_event(
             f"event {message_id} has no active webhook to resend to; name one with --webhook"
         )
     return rows
+
+
+async def resend_delivery(conn: asyncpg.Connection, delivery_id: int) -> list[asyncpg.Record]:
+    """Resend one delivery's event to that delivery's webhook, as a new delivery."""
+    row, _ = await get_delivery(conn, delivery_id)
+    if row["webhook_id"] is None or row["service_name"] is None:
+        raise ValidationError(f"delivery {delivery_id}'s webhook was deleted; nothing to resend to")
+    return await resend_event(conn, row["message_id"], row["webhook_id"])
 
 
 # --- deliveries -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dispatcher import store
 from dispatcher.delivery.outcomes import outcome_row
 from dispatcher.delivery.sender import Outcome, Sender, Signer, build_body, create_session
 from dispatcher.manage import admin
-from dispatcher.manage.validation import check_event_type
+from dispatcher.manage.validation import check_event_type, parse_json
 from dispatcher.settings import Settings
 
 GENERIC_TEST_PAYLOAD = '{"test": true, "message": "This is a test event from webhook-dispatcher."}'
@@ -55,16 +55,26 @@ class TestResult:
 
 
 async def send_test(
-    conn: asyncpg.Connection, settings: Settings, webhook: asyncpg.Record, event_type: str | None
+    conn: asyncpg.Connection,
+    settings: Settings,
+    webhook: asyncpg.Record,
+    event_type: str | None,
+    *,
+    payload_json: str | None = None,
 ) -> TestResult:
     """Store a test event for this webhook only, send it, and record the attempt.
 
-    `webhook` is the row `admin.get_webhook` returns.
+    `webhook` is the row `admin.get_webhook` returns. The payload is `payload_json` if given,
+    else the type's catalog sample, else a generic test payload.
     """
     if event_type is None:
         event_type = next((t for t in webhook["event_types"] if t != "*"), "webhook.test")
     check_event_type(event_type, allow_star=False)
-    payload = await admin.event_type_sample(conn, event_type) or GENERIC_TEST_PAYLOAD
+    if payload_json is not None:
+        parse_json(payload_json, what="the data")
+    payload = (
+        payload_json or await admin.event_type_sample(conn, event_type) or GENERIC_TEST_PAYLOAD
+    )
     token = uuid.uuid4()
     async with conn.transaction():
         # Only this webhook gets a test event: skip the fan-out for this transaction.

@@ -240,4 +240,15 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if not compact or pos != len(compact):
         raise ValidationError(f"invalid duration {text!r}: use forms like 90s, 15m, 2h, 7d")
-    return timedelta(seconds=total)
+    return check_window(total, f"duration {text!r}")
+
+
+# Far enough back for any log, and well inside what PostgreSQL's interval and timestamptz hold.
+MAX_WINDOW = timedelta(days=36525)
+
+
+def check_window(seconds: float, what: str) -> timedelta:
+    """Return a look-back period of `seconds` if it is from 0 to 100 years."""
+    if not 0 <= seconds <= MAX_WINDOW.total_seconds():  # NaN fails this too
+        raise ValidationError(f"invalid {what}: give from 0 seconds to 100 years")
+    return timedelta(seconds=seconds)

@@ -115,12 +115,25 @@ WHERE t <> '*'
 SELECT sample::text FROM dispatcher.event_types WHERE name = $1;
 
 -- name: publish
--- Idempotent: an existing message_id is returned with created = false.
-WITH existing AS (
-    SELECT message_id FROM dispatcher.events WHERE message_id = $3::uuid
+-- As dispatcher.publish(), but says whether this statement inserted the event. An existing
+-- message_id (committed before this statement began) is returned with created = false, and
+-- whether it holds the same type and payload; no row means a concurrent transaction inserted
+-- it meanwhile: ask published_before.
+WITH inserted AS (
+    INSERT INTO dispatcher.events (message_id, event_type, payload)
+    VALUES (coalesce($3::uuid, gen_random_uuid()), $1, $2::jsonb)
+    ON CONFLICT ON CONSTRAINT events_pkey DO NOTHING
+    RETURNING message_id
 )
-SELECT dispatcher.publish($1, $2::jsonb, $3::uuid) AS message_id,
-       NOT EXISTS (SELECT 1 FROM existing) AS created;
+SELECT message_id, true AS created, true AS same_as_sent FROM inserted
+UNION ALL
+SELECT message_id, false, event_type = $1 AND payload = $2::jsonb
+FROM dispatcher.events
+WHERE message_id = $3::uuid AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: published_before
+SELECT message_id, false AS created, event_type = $1 AND payload = $2::jsonb AS same_as_sent
+FROM dispatcher.events WHERE message_id = $3::uuid;
 
 -- name: deliveries_of_message
 SELECT count(*) FROM dispatcher.deliveries WHERE message_id = $1;
@@ -128,6 +141,14 @@ SELECT count(*) FROM dispatcher.deliveries WHERE message_id = $1;
 -- name: get_event
 SELECT message_id, event_type, payload::text AS payload, created_at
 FROM dispatcher.events WHERE message_id = $1;
+
+-- name: event_deliveries
+SELECT d.id, d.webhook_id, w.service_name, d.kind, d.status, d.attempts,
+       d.last_response_status, d.last_error_kind, d.created_at, d.finished_at
+FROM dispatcher.deliveries d
+LEFT JOIN dispatcher.webhooks w ON w.id = d.webhook_id
+WHERE d.message_id = $1
+ORDER BY d.id;
 
 -- name: resend_event
 -- New deliveries of a stored event, with a fresh retry budget: to the webhook $2 if given
