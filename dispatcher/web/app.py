@@ -18,9 +18,9 @@ from aiohttp import web
 from dispatcher import store
 from dispatcher.delivery.outcomes import describe
 from dispatcher.errors import DispatcherError
-from dispatcher.manage.admin import NotFound
+from dispatcher.manage.admin import AlreadyExists, NotFound
 from dispatcher.manage.tokens import Principal, authenticate_session, authenticate_token
-from dispatcher.manage.validation import ValidationError
+from dispatcher.manage.validation import JsonSyntaxError, ValidationError
 from dispatcher.settings import Settings
 from dispatcher.web.problems import Problem, problem_response
 
@@ -31,7 +31,7 @@ SETTINGS = web.AppKey("settings", Settings)
 # Renders the console's sign-in page for an unauthenticated browser request (status 401).
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SIGN_IN_PAGE: web.AppKey[Handler] = web.AppKey("sign_in_page")
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 SESSION_COOKIE = "dispatcher_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -58,8 +58,7 @@ def public(handler: Handler) -> Handler:
 
 def principal(request: web.Request) -> Principal:
     """Who the request acts as (set by the auth middleware)."""
-    who: Principal = request[PRINCIPAL]
-    return who
+    return request[PRINCIPAL]
 
 
 def require_write(request: web.Request, what: str = "this") -> Principal:
@@ -116,12 +115,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(request, exc.status, detail or exc.reason, headers=exc.headers)
     except NotFound as exc:
         return _error(request, 404, str(exc))
+    except AlreadyExists as exc:
+        return _error(request, 409, str(exc))
+    except JsonSyntaxError as exc:
+        return _error(request, 400, str(exc))
     except ValidationError as exc:
         return _error(request, 422, str(exc))
-    except asyncpg.CheckViolationError as exc:
+    except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError) as exc:
         return _error(request, 422, f"rejected by the database: {_first_line(exc)}")
-    except asyncpg.UniqueViolationError as exc:
+    except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError) as exc:
         return _error(request, 409, f"conflict: {_first_line(exc)}")
+    except asyncpg.DataError as exc:
+        # A value PostgreSQL cannot hold (out of range, bad encoding) that no check caught.
+        return _error(request, 422, f"rejected by the database: {_first_line(exc)}")
     except DispatcherError as exc:
         return _error(request, 400, str(exc))
     except store.TRANSIENT_DB_ERRORS as exc:
