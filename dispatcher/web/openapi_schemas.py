@@ -1,0 +1,292 @@
+"""The JSON schemas of the API's bodies, for the OpenAPI document (web/openapi.py).
+
+Response schemas forbid properties they do not list, so tests that check real responses
+against them catch an undocumented field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatcher.web.api_json import MAX_ID
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None) -> Schema:
+    """A closed object: `required` properties must be present; nothing unlisted may be."""
+    return {
+        "type": "object",
+        "properties": {**required, **(optional or {})},
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+STRING: Schema = {"type": "string"}
+BOOLEAN: Schema = {"type": "boolean"}
+INTEGER: Schema = {"type": "integer"}
+NUMBER: Schema = {"type": "number"}
+ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+UUID: Schema = {"type": "string", "format": "uuid"}
+TIME: Schema = {"type": "string", "format": "date-time", "description": "ISO-8601, UTC"}
+ANY_JSON: Schema = {"description": "Any JSON value, stored as jsonb and sent as `data`."}
+PERIOD: Schema = {
+    "oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+    "description": 'Seconds, or a duration such as "90s", "15m", "24h", "7d", "1h30m".',
+}
+EVENT_TYPES: Schema = {
+    **array(STRING),
+    "description": 'Dotted names such as "customer.updated", or "*" for every type.',
+}
+DELIVERY_STATUS: Schema = {"enum": ["pending", "succeeded", "failed", "cancelled"]}
+
+WEBHOOK: dict[str, Schema] = {
+    "id": ID,
+    "service_name": STRING,
+    "url": STRING,
+    "description": STRING,
+    "event_types": array(STRING),
+    "status": {"enum": ["active", "disabled"]},
+    "created_at": TIME,
+    "updated_at": TIME,
+}
+DELIVERY: dict[str, Schema] = {
+    "id": ID,
+    "message_id": UUID,
+    "webhook_id": ID,
+    "service_name": {**nullable(STRING), "description": "null once the webhook is deleted"},
+    "event_type": nullable(STRING),
+    "kind": {"enum": ["event", "resend", "test"]},
+    "status": DELIVERY_STATUS,
+    "attempts": INTEGER,
+    "last_response_status": nullable(INTEGER),
+    "last_error_kind": nullable(STRING),
+    "created_at": TIME,
+    "finished_at": nullable(TIME),
+    "next_attempt_at": nullable(TIME),
+}
+EVENT_DELIVERY_FIELDS = (
+    "id",
+    "webhook_id",
+    "service_name",
+    "kind",
+    "status",
+    "attempts",
+    "last_response_status",
+    "last_error_kind",
+    "created_at",
+    "finished_at",
+)
+RESENT = obj({"deliveries": array(obj({"id": ID, "webhook_id": ID}))})
+
+SCHEMAS: dict[str, Schema] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details. `field` names the request field at fault.",
+        "properties": {
+            "type": STRING,
+            "title": STRING,
+            "status": INTEGER,
+            "detail": STRING,
+            "instance": STRING,
+            "field": STRING,
+        },
+        "required": ["type", "title", "status", "detail"],
+    },
+    "Webhook": obj({**WEBHOOK, "previous_secret_expires_at": nullable(TIME)}),
+    "WebhookList": obj(
+        {"webhooks": array(obj({**WEBHOOK, "deliveries_24h": INTEGER, "failed_24h": INTEGER}))}
+    ),
+    "DisabledWebhook": obj(
+        {**WEBHOOK, "previous_secret_expires_at": nullable(TIME), "cancelled": INTEGER}
+    ),
+    "DeletedWebhook": obj({"id": ID, "deleted": {"const": True}, "cancelled": INTEGER}),
+    "WebhookSecret": obj(
+        {
+            "webhook_id": ID,
+            "secret": STRING,
+            "previous_secret": nullable(STRING),
+            "previous_secret_expires_at": nullable(TIME),
+        }
+    ),
+    "NewWebhook": obj(
+        {"service_name": STRING, "url": STRING, "event_types": EVENT_TYPES},
+        {"description": STRING, "allow_unknown": BOOLEAN},
+    ),
+    "WebhookChanges": {
+        **obj(
+            {},
+            {
+                "service_name": STRING,
+                "url": STRING,
+                "description": STRING,
+                "event_types": {**EVENT_TYPES, "description": "Replace the whole list."},
+                "add_event_types": EVENT_TYPES,
+                "remove_event_types": EVENT_TYPES,
+                "allow_unknown": BOOLEAN,
+            },
+        ),
+        "minProperties": 1,
+    },
+    "SecretRotation": obj(
+        {}, {"grace_s": {**PERIOD, "description": "How long the old secret also signs (24h)."}}
+    ),
+    "TestRequest": obj({}, {"event_type": STRING, "data": ANY_JSON}),
+    "TestResult": obj(
+        {
+            "delivery_id": ID,
+            "message_id": UUID,
+            "event_type": STRING,
+            "request": obj(
+                {
+                    "url": STRING,
+                    "headers": {
+                        "type": "object",
+                        "additionalProperties": STRING,
+                        "description": "As sent; the secret header's value is masked.",
+                    },
+                    "body": {**STRING, "description": "The exact body that was signed."},
+                }
+            ),
+            "response": obj(
+                {
+                    "status": nullable(INTEGER),
+                    "headers": {"type": "object", "additionalProperties": STRING},
+                    "body": nullable(STRING),
+                    "truncated": BOOLEAN,
+                    "duration_ms": INTEGER,
+                }
+            ),
+            "delivered": BOOLEAN,
+            "error_kind": nullable(STRING),
+            "error_message": nullable(STRING),
+            "webhook_status": {"enum": ["active", "disabled"]},
+        }
+    ),
+    "FailureList": obj(
+        {
+            "failures": array(
+                obj(
+                    {
+                        "delivery_id": ID,
+                        "message_id": UUID,
+                        "event_type": nullable(STRING),
+                        "attempt": INTEGER,
+                        "started_at": TIME,
+                        "response_status": nullable(INTEGER),
+                        "error_kind": nullable(STRING),
+                        "error_message": nullable(STRING),
+                    }
+                )
+            )
+        }
+    ),
+    "EventType": obj(
+        {
+            "name": STRING,
+            "description": STRING,
+            "sample": {"description": "JSON payload for tests, or null."},
+            "created_at": TIME,
+            "webhooks": {**INTEGER, "description": "How many webhooks subscribe to it."},
+        }
+    ),
+    "EventTypeList": obj({"event_types": array(ref("EventType"))}),
+    "NewEventType": obj({"name": STRING}, {"description": STRING, "sample": ANY_JSON}),
+    "NewEvent": obj(
+        {"event_type": STRING, "data": ANY_JSON},
+        {
+            "message_id": {
+                **UUID,
+                "description": "Idempotency key; generated (or derived from Idempotency-Key).",
+            },
+            "allow_unknown": BOOLEAN,
+        },
+    ),
+    "Published": obj({"message_id": UUID, "created": BOOLEAN, "deliveries": INTEGER}),
+    "Event": obj(
+        {
+            "message_id": UUID,
+            "event_type": STRING,
+            "data": ANY_JSON,
+            "created_at": TIME,
+            "deliveries": array(obj({k: DELIVERY[k] for k in EVENT_DELIVERY_FIELDS})),
+        }
+    ),
+    "EventResend": obj({}, {"webhook_id": ID}),
+    "Resent": RESENT,
+    "DeliveryPage": obj(
+        {
+            "deliveries": array(obj(DELIVERY)),
+            "next_cursor": {
+                **nullable(STRING),
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+            "limit": INTEGER,
+        }
+    ),
+    "DeliveryDetail": obj(
+        {
+            **DELIVERY,
+            "url": nullable(STRING),
+            "data": ANY_JSON,
+            "leased": BOOLEAN,
+            "attempts_log": array(
+                obj(
+                    {
+                        "attempt": INTEGER,
+                        "started_at": TIME,
+                        "duration_ms": INTEGER,
+                        "response_status": nullable(INTEGER),
+                        "response_body": nullable(STRING),
+                        "response_truncated": BOOLEAN,
+                        "error_kind": nullable(STRING),
+                        "error_message": nullable(STRING),
+                    }
+                )
+            ),
+        }
+    ),
+    "BulkResend": obj(
+        {"since": PERIOD},
+        {
+            "status": {"enum": ["failed", "cancelled"], "default": "failed"},
+            "webhook_id": ID,
+            "dry_run": BOOLEAN,
+        },
+    ),
+    "BulkResendResult": obj({"matched": INTEGER, "resent": INTEGER, "dry_run": BOOLEAN}),
+    "Stats": obj(
+        {
+            "window_s": NUMBER,
+            "due_now": INTEGER,
+            "scheduled": INTEGER,
+            "leased": INTEGER,
+            "oldest_due_s": nullable(NUMBER),
+            "webhooks": array(
+                obj(
+                    {
+                        "webhook_id": ID,
+                        "service_name": STRING,
+                        "status": {"enum": ["active", "disabled"]},
+                        "succeeded": INTEGER,
+                        "failed": INTEGER,
+                        "pending": INTEGER,
+                    }
+                )
+            ),
+        }
+    ),
+}
