@@ -1,0 +1,246 @@
+"""What every console page shares: templates, the page context, notices, redirects, error pages."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import aiohttp_jinja2
+import asyncpg
+import jinja2
+import orjson
+from aiohttp import web
+
+from dispatcher.manage.admin import NotFound
+from dispatcher.manage.validation import ValidationError
+from dispatcher.web.app import POOL, PRINCIPAL, Handler, principal
+from dispatcher.web.problems import Problem
+
+STATIC = resources.files("dispatcher.web") / "static"
+NOTICE_COOKIE = "dispatcher_notice"
+# Sent by app.js when it submits a dialog's form itself: a redirect then becomes a 200 naming
+# the next page, so the notice cookie survives until the browser actually goes there.
+FETCH_HEADER = "X-Console-Fetch"
+LOCATION_HEADER = "X-Console-Location"
+
+# What a notice code says after a change. Codes, not text, travel in the cookie, so nothing a
+# third party could plant there is ever shown.
+NOTICES = {
+    "created": "Webhook added. It is active now; give its signing secret to the receiver.",
+    "saved": "Changes saved.",
+    "events": "Event list saved.",
+    "removed": "Event type removed.",
+    "enabled": "Webhook enabled. It receives events published from now on.",
+    "disabled": "Webhook disabled. {n} pending {deliveries} cancelled.",
+    "rotated": "Secret rotated. Receivers must verify with the new secret from now on.",
+    "rotated_grace": "Secret rotated. The old secret also signs for the next {grace}.",
+    "deleted": "Webhook deleted. {n} pending {deliveries} cancelled; the delivery log stays.",
+    "resent": "Event sent again as this new delivery.",
+    "recovered": "{n} failed {deliveries} queued again.",
+}
+
+
+def setup_templates(app: web.Application) -> None:
+    """Give `app` the console's Jinja environment: autoescaped, strict about missing names."""
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("dispatcher.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        default_helpers=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["static"] = static_url
+    env.filters["when"] = when
+    env.filters["ago"] = ago
+    env.filters["age"] = age
+    env.filters["until"] = until
+    env.filters["error_label"] = error_label
+    env.filters["plural"] = plural
+    env.filters["json_pretty"] = json_pretty
+
+
+@functools.cache
+def static_url(name: str) -> str:
+    """Return the URL of a packaged static file, versioned by its content for caching."""
+    digest = hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]
+    return f"/static/{name}?v={digest}"
+
+
+def when(moment: datetime | None) -> str:
+    """Format a timestamp as UTC, to the second."""
+    if moment is None:
+        return "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def ago(moment: datetime | None) -> str:
+    """Say how long ago `moment` was, roughly ("3 min ago")."""
+    if moment is None:
+        return "—"
+    return age((datetime.now(UTC) - moment).total_seconds()) + " ago"
+
+
+def until(moment: datetime | None) -> str:
+    """Say how soon `moment` comes ("in 3 min"), or "now" once it has passed."""
+    if moment is None:
+        return "—"
+    seconds = (moment - datetime.now(UTC)).total_seconds()
+    return "due now" if seconds < 1 else "in " + age(seconds)
+
+
+ERROR_LABELS = {
+    "status": "HTTP error",
+    "timeout": "Timed out",
+    "dns": "DNS lookup failed",
+    "connect": "Could not connect",
+    "tls": "TLS error",
+    "connection_reset": "Connection reset",
+    "bad_response": "Malformed response",
+    "blocked_address": "Blocked address",
+    "invalid_url": "Invalid URL",
+    "network": "Network error",
+    "internal": "Internal error",
+    "webhook_disabled": "Webhook disabled",
+    "webhook_deleted": "Webhook deleted",
+}
+
+
+def error_label(kind: str | None) -> str:
+    """Name an attempt's error kind in words."""
+    if not kind:
+        return ""
+    return ERROR_LABELS.get(kind, kind.replace("_", " ").capitalize())
+
+
+def age(seconds: float | None) -> str:
+    """Say a duration roughly: 42 s, 5 min, 3 h, 2 d."""
+    if seconds is None:
+        return "—"
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def json_pretty(text: str | None) -> str:
+    """Indent JSON text for reading; anything else comes back as it was."""
+    if not text:
+        return ""
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return text
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    word = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count:,} {word}"
+
+
+def grace_words(grace: timedelta) -> str:
+    hours = grace.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours >= 48 else plural(int(hours), "hour")
+
+
+def notice_text(code: str) -> str | None:
+    name, _, value = code.partition(":")
+    template = NOTICES.get(name)
+    if template is None:
+        return None
+    if name == "rotated_grace":
+        try:
+            return template.format(grace=grace_words(timedelta(seconds=int(value))))
+        except ValueError:
+            return None
+    n = int(value) if value.isdigit() else 0
+    return template.format(n=n, deliveries="delivery was" if n == 1 else "deliveries were")
+
+
+async def render(
+    request: web.Request, template: str, context: Mapping[str, Any], status: int = 200
+) -> web.Response:
+    """Render a page with what the layout needs: who is signed in, the CSRF token, a notice."""
+    who = principal(request) if PRINCIPAL in request else None
+    code = request.cookies.get(NOTICE_COOKIE)
+    page = {
+        "who": who,
+        "can_write": who is not None and not who.read_only,
+        "csrf_token": who.csrf_token if who is not None else None,
+        "notice": notice_text(code) if code else None,
+        "path": request.path,
+        "section": "",
+        **context,
+    }
+    response = aiohttp_jinja2.render_template(template, request, page, status=status)
+    if code:
+        response.del_cookie(NOTICE_COOKIE, path="/")
+    return response
+
+
+def see_other(request: web.Request, location: str, notice: str | None = None) -> web.Response:
+    """Send the browser on to `location` after a change, with a notice for the next page."""
+    if request.headers.get(FETCH_HEADER):
+        response = web.Response(status=200, headers={LOCATION_HEADER: location})
+    else:
+        response = web.Response(status=303, headers={"Location": location})
+    if notice is not None:
+        response.set_cookie(
+            NOTICE_COOKIE, notice, path="/", httponly=True, samesite="Strict", max_age=60
+        )
+    return response
+
+
+async def form_of(request: web.Request) -> dict[str, str]:
+    """Return a posted form's single-valued fields (stripped of nothing: validation trims)."""
+    form = await request.post()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def form_list(request: web.Request, name: str) -> list[str]:
+    form = await request.post()
+    return [v for v in form.getall(name, []) if isinstance(v, str)]
+
+
+def int_id(request: web.Request, name: str = "id") -> int:
+    """Return a numeric path segment; the route's pattern already admits digits only."""
+    value = int(request.match_info[name])
+    if value > 2**63 - 1:
+        raise NotFound(f"{name} {value} does not exist")
+    return value
+
+
+def pool(request: web.Request) -> asyncpg.Pool:
+    return request.app[POOL]
+
+
+def console_page(handler: Handler) -> Handler:
+    """Show a service error as a page in the console's layout instead of plain text."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except NotFound as exc:
+            return await error_page(request, 404, "Not found", str(exc))
+        except ValidationError as exc:
+            return await error_page(request, 422, "That did not work", str(exc))
+        except Problem as exc:
+            return await error_page(request, exc.status, "Not allowed", exc.detail)
+
+    return wrapped
+
+
+async def error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
+    sentence = detail[:1].upper() + detail[1:]
+    if not sentence.endswith("."):
+        sentence += "."
+    return await render(
+        request, "error.html", {"title": title, "detail": sentence, "status": status}, status
+    )
