@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
+from playwright.async_api import Browser, Page
 
 from dispatcher.manage.tokens import authenticate_token, open_session
 from dispatcher.web.app import SESSION_COOKIE
@@ -105,3 +106,41 @@ async def insert_delivery(
                 attempt.error_message,
             )
     return delivery_id
+
+
+@dataclass
+class BrowserPage:
+    """A signed-in page, with every script error and CSP violation it reports."""
+
+    page: Page
+    problems: list[str]
+
+    def assert_quiet(self) -> None:
+        assert not self.problems, self.problems
+
+
+async def signed_in(
+    browser: Browser, base_url: str, token: str, javascript: bool = True
+) -> BrowserPage:
+    """Open a fresh context at 1280x800 and sign in through the form, as a person would."""
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 800}, java_script_enabled=javascript
+    )
+    # Fail within seconds when something is missing, not after Playwright's 30 s default.
+    context.set_default_timeout(5000)
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text
+            else None
+        ),
+    )
+    await page.goto(base_url + "/webhooks")
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(base_url + "/webhooks")
+    return BrowserPage(page, problems)
