@@ -15,7 +15,7 @@
 
   function focusInside(dialog) {
     const target =
-      dialog.querySelector("[aria-invalid='true']") ||
+      dialog.querySelector("input[aria-invalid='true'], textarea[aria-invalid='true']") ||
       dialog.querySelector(
         "input:not([type='hidden']):not([type='checkbox']):not([type='radio']), select, textarea"
       ) ||
@@ -148,6 +148,10 @@
     }
     try {
       const response = await fetch(url, init);
+      if (response.status === 401) {
+        window.location.reload(); // the session ended: the sign-in page brings them back here
+        return;
+      }
       const next = response.headers.get("X-Console-Location");
       if (next) {
         window.location.assign(next);
