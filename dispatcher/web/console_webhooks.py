@@ -19,6 +19,7 @@ from dispatcher.manage.testevent import TestResult
 from dispatcher.manage.validation import ValidationError
 from dispatcher.web.console_charts import hourly_chart
 from dispatcher.web.console_render import (
+    NOTICE_COOKIE,
     console_page,
     form_list,
     form_of,
@@ -218,7 +219,11 @@ async def render_details(
 
 @console_page
 async def webhook_page(request: web.Request) -> web.StreamResponse:
-    return await render_details(request, int_id(request), dialog=request.query.get("dialog"))
+    # Right after "Add", the secret shows at once: the next step is giving it to the receiver.
+    just_created = request.cookies.get(NOTICE_COOKIE) == "created"
+    return await render_details(
+        request, int_id(request), dialog=request.query.get("dialog"), revealed=just_created
+    )
 
 
 @console_page
