@@ -120,6 +120,10 @@ async def test_details_reveal_the_secret_without_putting_it_in_a_url(
     await expect(page.get_by_text(secret)).to_be_visible()
     await page.get_by_role("button", name="Hide").click()
     await expect(page.get_by_text(secret)).to_be_hidden()
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    await page.get_by_role("button", name="Copy").click()
+    await expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
     assert visited and not any(secret in url or "secret" in url for url in visited)
     console.assert_quiet()
 

@@ -15,11 +15,11 @@ from dispatcher.web.console_render import (
     console_page,
     form_of,
     int_id,
-    json_pretty,
     pool,
     render,
     see_other,
 )
+from dispatcher.web.console_text import json_pretty
 
 PAGE_SIZE = 50
 SINCE_CHOICES = {

@@ -5,19 +5,28 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
 import aiohttp_jinja2
 import asyncpg
 import jinja2
-import orjson
 from aiohttp import web
 
 from dispatcher.manage.admin import NotFound
 from dispatcher.manage.validation import ValidationError
 from dispatcher.web.app import POOL, PRINCIPAL, Handler, principal
+from dispatcher.web.console_text import (
+    age,
+    ago,
+    error_label,
+    grace_words,
+    json_pretty,
+    plural,
+    until,
+    when,
+)
 from dispatcher.web.problems import Problem
 
 STATIC = resources.files("dispatcher.web") / "static"
@@ -70,83 +79,6 @@ def static_url(name: str) -> str:
     """Return the URL of a packaged static file, versioned by its content for caching."""
     digest = hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]
     return f"/static/{name}?v={digest}"
-
-
-def when(moment: datetime | None) -> str:
-    """Format a timestamp as UTC, to the second."""
-    if moment is None:
-        return "—"
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def ago(moment: datetime | None) -> str:
-    """Say how long ago `moment` was, roughly ("3 min ago")."""
-    if moment is None:
-        return "—"
-    return age((datetime.now(UTC) - moment).total_seconds()) + " ago"
-
-
-def until(moment: datetime | None) -> str:
-    """Say how soon `moment` comes ("in 3 min"), or "now" once it has passed."""
-    if moment is None:
-        return "—"
-    seconds = (moment - datetime.now(UTC)).total_seconds()
-    return "due now" if seconds < 1 else "in " + age(seconds)
-
-
-ERROR_LABELS = {
-    "status": "HTTP error",
-    "timeout": "Timed out",
-    "dns": "DNS lookup failed",
-    "connect": "Could not connect",
-    "tls": "TLS error",
-    "connection_reset": "Connection reset",
-    "bad_response": "Malformed response",
-    "blocked_address": "Blocked address",
-    "invalid_url": "Invalid URL",
-    "network": "Network error",
-    "internal": "Internal error",
-    "webhook_disabled": "Webhook disabled",
-    "webhook_deleted": "Webhook deleted",
-}
-
-
-def error_label(kind: str | None) -> str:
-    """Name an attempt's error kind in words."""
-    if not kind:
-        return ""
-    return ERROR_LABELS.get(kind, kind.replace("_", " ").capitalize())
-
-
-def age(seconds: float | None) -> str:
-    """Say a duration roughly: 42 s, 5 min, 3 h, 2 d."""
-    if seconds is None:
-        return "—"
-    seconds = max(seconds, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit}"
-    return f"{int(seconds)} s"
-
-
-def json_pretty(text: str | None) -> str:
-    """Indent JSON text for reading; anything else comes back as it was."""
-    if not text:
-        return ""
-    try:
-        return orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
-    except orjson.JSONDecodeError:
-        return text
-
-
-def plural(count: int, singular: str, plural_form: str | None = None) -> str:
-    word = singular if count == 1 else (plural_form or singular + "s")
-    return f"{count:,} {word}"
-
-
-def grace_words(grace: timedelta) -> str:
-    hours = grace.total_seconds() / 3600
-    return f"{hours / 24:g} days" if hours >= 48 else plural(int(hours), "hour")
 
 
 def notice_text(code: str) -> str | None:

@@ -216,7 +216,14 @@
       await navigator.clipboard.writeText(source.textContent.trim());
       button.textContent = "Copied";
     } catch (error) {
-      button.textContent = "Copy failed";
+      // No clipboard access (a plain-HTTP page on another host): show the text selected instead.
+      const form = document.querySelector("form[data-reveal]");
+      if (source.hidden && form) toggleSecret(form);
+      const range = document.createRange();
+      range.selectNodeContents(source);
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+      button.textContent = "Press Ctrl+C";
     }
     setTimeout(() => { button.textContent = "Copy"; }, 1600);
   });
