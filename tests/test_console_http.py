@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from dispatcher.manage import admin
 from dispatcher.web.app import SESSION_COOKIE, create_app
 from tests.conftest import WebApp, add_webhook, fast_settings
 from tests.console_support import Attempt, Session, console_session, csrf_in, insert_delivery
@@ -256,3 +257,28 @@ async def test_pages_carry_the_session_csrf_token(web_app: WebApp) -> None:
     session = await console_session(web_app.pool, web_app.token)
     _, _, page = await get(web_app, "/webhooks", session)
     assert csrf_in(page) == session.csrf_token
+
+
+async def test_ids_are_unique_and_every_label_points_at_one(web_app: WebApp) -> None:
+    async with web_app.pool.acquire() as conn:
+        await admin.add_event_type(conn, "a.b", "", None)
+    webhook_id, _ = await add_webhook(web_app.pool, "https://example.com/h", ["a.b", "c.d"])
+    delivery = await insert_delivery(
+        web_app.pool, webhook_id, "a.b", "failed", timedelta(minutes=1), [Attempt(500)]
+    )
+    session = await console_session(web_app.pool, web_app.token)
+    pages = [
+        "/webhooks",
+        f"/webhooks/{webhook_id}",
+        "/deliveries",
+        "/deliveries/recover?recover_since=24h",
+        f"/deliveries/{delivery}",
+        "/event-types",
+    ]
+    for path in pages:
+        _, _, page = await get(web_app, path, session)
+        ids = re.findall(r'\sid="([^"]+)"', page)
+        assert len(ids) == len(set(ids)), (path, sorted(i for i in ids if ids.count(i) > 1))
+        references = re.findall(r'\s(?:for|aria-labelledby|aria-controls|list)="([^"]+)"', page)
+        missing = {r for ref in references for r in ref.split() if r not in ids}
+        assert not missing, (path, missing)
