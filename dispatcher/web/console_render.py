@@ -16,7 +16,7 @@ from aiohttp import web
 
 from dispatcher.manage.admin import NotFound
 from dispatcher.manage.validation import ValidationError
-from dispatcher.web.app import POOL, PRINCIPAL, Handler, principal
+from dispatcher.web.app import POOL, PRINCIPAL, SETTINGS, Handler, principal
 from dispatcher.web.console_text import (
     age,
     ago,
@@ -124,7 +124,13 @@ def see_other(request: web.Request, location: str, notice: str | None = None) ->
         response = web.Response(status=303, headers={"Location": location})
     if notice is not None:
         response.set_cookie(
-            NOTICE_COOKIE, notice, path="/", httponly=True, samesite="Strict", max_age=60
+            NOTICE_COOKIE,
+            notice,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.app[SETTINGS].web_secure_cookie,
+            max_age=60,
         )
     return response
 
