@@ -73,10 +73,13 @@ async def test_the_document_lists_exactly_the_routes_the_app_serves(web_app: Web
 
 
 async def test_the_served_document_is_the_built_one_and_needs_a_token(api: Api) -> None:
+    """Any token may read it, a read-only one too."""
     reply = await api.call("GET", "/api/openapi.json")
     assert reply.status == 200
     assert reply.body == orjson.loads(orjson.dumps(document()))
     assert (await api.call("GET", "/api/openapi.json", token=None)).status == 401
+    ro = await api.call("GET", "/api/openapi.json", token=api.web_app.read_only_token)
+    assert ro.status == 200
 
 
 async def test_the_conformance_check_catches_an_undocumented_field(api: Api) -> None:
