@@ -22,6 +22,7 @@ from aiohttp import web
 from dispatcher.manage.validation import (
     ValidationError,
     check_storable,
+    check_text,
     check_window,
     decode_json,
     encode_json,
@@ -177,18 +178,22 @@ def whole_id(name: str, value: Any) -> int:
 
 def period(name: str, value: Any) -> timedelta:
     """A look-back period from a number of seconds or a duration string such as "24h"."""
-    try:
-        if isinstance(value, Decimal):
-            return check_window(float(value), name)
-        if isinstance(value, str):
+    if isinstance(value, Decimal):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
             try:
-                seconds = float(value)
-            except ValueError:
                 return parse_duration(value)
-            return check_window(seconds, name)
+            except ValidationError as exc:
+                raise field_problem(name, f"{name}: {exc}") from None
+    else:
+        raise field_problem(name, f"{name!r} must be a number of seconds or a duration such as 24h")
+    try:
+        return check_window(seconds, name)
     except ValidationError as exc:
-        raise field_problem(name, f"{name}: {exc}") from None
-    raise field_problem(name, f"{name!r} must be a number of seconds or a duration such as 24h")
+        raise field_problem(name, str(exc)) from None
 
 
 def path_id(request: web.Request, name: str, what: str) -> int:
@@ -234,8 +239,11 @@ def query_period(request: web.Request, name: str, default: str | None = None) ->
 
 def query_text(request: web.Request, name: str) -> str | None:
     text = request.query.get(name)
-    if text is not None and "\x00" in text:
-        raise field_problem(name, f"the parameter {name!r} contains \\u0000")
+    if text is not None:
+        try:
+            check_text(text, f"the parameter {name!r}", "PostgreSQL")
+        except ValidationError as exc:
+            raise field_problem(name, str(exc)) from None
     return text
 
 
