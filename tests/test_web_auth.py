@@ -77,7 +77,7 @@ async def test_security_headers_on_every_response(web_app: WebApp) -> None:
         _, headers, _ = await web_app.call("GET", path, token)
         assert "default-src 'self'" in headers["Content-Security-Policy"], path
         assert headers["X-Frame-Options"] == "DENY"
-        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["Referrer-Policy"] == "same-origin"
         assert headers["X-Content-Type-Options"] == "nosniff"
 
 
