@@ -131,3 +131,49 @@ async def test_queue_depth_and_pending_counts(db: asyncpg.Pool) -> None:
     # Due since a minute after it was created, ten minutes ago.
     assert queue.oldest_due_s == pytest.approx(540, abs=30)
     assert pending == 2
+
+
+async def test_the_kept_history_agrees_with_a_full_count_and_reads_the_past_once(
+    db: asyncpg.Pool,
+) -> None:
+    one, _ = await add_webhook(db, "https://one.example/h", ["a.b"])
+    two, _ = await add_webhook(db, "https://two.example/h", ["a.b"])
+    for webhook_id, status, hours_back in [
+        (one, "succeeded", 0),
+        (one, "failed", 3),
+        (two, "succeeded", 3),
+        (two, "failed", 23),
+        (one, "succeeded", 30),  # before the window
+    ]:
+        delivery = await insert_delivery(
+            db, webhook_id, "a.b", status, timedelta(days=2), [Attempt(200)]
+        )
+        await finish_at_hour(db, delivery, hours_back)
+    history = insights.OutcomeHistory()
+
+    async def both(webhook_id: int | None) -> tuple[list[HourOutcomes], list[HourOutcomes]]:
+        async with db.acquire() as conn:
+            return (
+                await history.hourly(conn, webhook_id),
+                await insights.hourly_outcomes(conn, webhook_id),
+            )
+
+    for webhook_id in (None, one, two):
+        kept, counted = await both(webhook_id)
+        assert kept == counted
+    async with db.acquire() as conn:
+        assert await history.per_webhook(conn) == {one: (1, 1), two: (1, 1)}
+
+    # Deliveries finishing now are counted on the next call.
+    for status in ("succeeded", "failed", "succeeded"):
+        await insert_delivery(db, two, "a.b", status, timedelta(seconds=1), [Attempt(200)])
+    kept, counted = await both(None)
+    assert kept == counted and kept[-1].succeeded + kept[-1].failed == 4
+
+    # The settled past is not read again: a row removed from it (as retention would) is still
+    # counted by the history, while a full count no longer sees it.
+    await db.execute(
+        "DELETE FROM dispatcher.deliveries WHERE webhook_id = $1 AND status = 'failed'", two
+    )
+    kept, counted = await both(two)
+    assert sum(h.failed for h in kept) == sum(h.failed for h in counted) + 1

@@ -108,7 +108,11 @@ async def get_webhook(conn: asyncpg.Connection, webhook_id: int) -> asyncpg.Reco
     return _require(await conn.fetchrow(Q["get_webhook"], webhook_id), f"webhook {webhook_id}")
 
 
-async def list_webhooks(conn: asyncpg.Connection, window: timedelta) -> list[asyncpg.Record]:
+async def list_webhooks(conn: asyncpg.Connection, window: timedelta | None) -> list[asyncpg.Record]:
+    """List webhooks with their deliveries over `window`; with None, without counts."""
+    if window is None:
+        bare: list[asyncpg.Record] = await conn.fetch(Q["list_webhooks_only"])
+        return bare
     rows: list[asyncpg.Record] = await conn.fetch(Q["list_webhooks"], window.total_seconds())
     return rows
 

@@ -32,6 +32,13 @@ LEFT JOIN (
 ) c ON c.webhook_id = w.id
 ORDER BY w.id;
 
+-- name: list_webhooks_only
+-- Every webhook, without delivery counts (the console counts those from its own history).
+SELECT w.id, w.service_name, w.url, w.description, w.status, w.event_types,
+       cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at
+FROM dispatcher.webhooks w
+ORDER BY w.id;
+
 -- name: update_webhook
 -- NULL leaves a field as it is.
 UPDATE dispatcher.webhooks

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.web import (
     console_auth,
     console_deliveries,
@@ -17,7 +18,7 @@ from dispatcher.web import (
     console_webhooks,
 )
 from dispatcher.web.app import SIGN_IN_PAGE
-from dispatcher.web.console_render import STATIC, setup_templates
+from dispatcher.web.console_render import OUTCOME_HISTORY, STATIC, setup_templates
 
 ID = r"{id:\d+}"
 
@@ -30,6 +31,7 @@ def setup(app: web.Application) -> None:
     """Add the console's routes, templates and static files to `app`."""
     setup_templates(app)
     app[SIGN_IN_PAGE] = console_auth.sign_in_page
+    app[OUTCOME_HISTORY] = OutcomeHistory()
     app.router.add_static("/static/", Path(str(STATIC)), append_version=False)
 
     webhooks, actions = console_webhooks, console_webhook_actions

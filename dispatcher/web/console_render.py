@@ -15,6 +15,7 @@ import jinja2
 from aiohttp import web
 
 from dispatcher.manage.admin import NotFound
+from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.manage.validation import ValidationError
 from dispatcher.web.app import POOL, PRINCIPAL, SETTINGS, Handler, principal
 from dispatcher.web.console_text import (
@@ -154,8 +155,16 @@ def int_id(request: web.Request, name: str = "id") -> int:
     return value
 
 
+# One per app: the console's 24 h figures, counted once and kept (see OutcomeHistory).
+OUTCOME_HISTORY = web.AppKey("outcome_history", OutcomeHistory)
+
+
 def pool(request: web.Request) -> asyncpg.Pool:
     return request.app[POOL]
+
+
+def outcome_history(request: web.Request) -> OutcomeHistory:
+    return request.app[OUTCOME_HISTORY]
 
 
 def console_page(handler: Handler) -> Handler:

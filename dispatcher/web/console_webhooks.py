@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from dispatcher.manage import admin, insights
+from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.manage.testevent import TestResult
 from dispatcher.manage.validation import ValidationError
 from dispatcher.web.console_charts import hourly_chart
@@ -24,12 +24,12 @@ from dispatcher.web.console_render import (
     form_list,
     form_of,
     int_id,
+    outcome_history,
     pool,
     render,
     see_other,
 )
 
-DAY = timedelta(days=1)
 RECENT_DELIVERIES = 10
 # The details page's dialogs that a link may open by name; remove-event-N names the Nth type.
 DETAIL_DIALOGS = ("status", "edit", "events", "test", "delete", "rotate")
@@ -82,9 +82,14 @@ def failed_form(exc: ValidationError, values: Mapping[str, Any]) -> dict[str, An
 # --- the list -----------------------------------------------------------------------------
 
 
-async def _list_context(conn: asyncpg.Connection) -> dict[str, Any]:
-    webhooks = await admin.list_webhooks(conn, DAY)
-    series = await insights.hourly_outcomes(conn, None)
+async def _list_context(conn: asyncpg.Connection, history: OutcomeHistory) -> dict[str, Any]:
+    # The row figures and the chart come from one count of finished deliveries, so they agree.
+    counts = await history.per_webhook(conn)
+    series = await history.hourly(conn, None)
+    webhooks = []
+    for row in await admin.list_webhooks(conn, None):
+        succeeded, failed_count = counts.get(row["id"], (0, 0))
+        webhooks.append({**row, "deliveries": succeeded + failed_count, "failed": failed_count})
     queue = await insights.queue_depth(conn)
     catalog = await admin.list_event_types(conn)
     total = sum(w["deliveries"] for w in webhooks)
@@ -103,7 +108,7 @@ async def _list_context(conn: asyncpg.Connection) -> dict[str, Any]:
 async def webhooks_page(request: web.Request) -> web.StreamResponse:
     """The webhooks list, the 24 h overview, and (closed) the new-webhook dialog."""
     async with pool(request).acquire() as conn:
-        context = await _list_context(conn)
+        context = await _list_context(conn, outcome_history(request))
     opened = "new-webhook" if request.query.get("dialog") == "new-webhook" else None
     blank: dict[str, Any] = {"values": {}, "error": None, "field": ""}
     return await render(
@@ -131,7 +136,7 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
             )
         except ValidationError as exc:
             values = {**form, "checked": checked}
-            context = await _list_context(conn)
+            context = await _list_context(conn, outcome_history(request))
             return await render(
                 request,
                 "webhooks.html",
@@ -181,7 +186,7 @@ async def render_details(
     async with pool(request).acquire() as conn:
         webhook = await admin.get_webhook(conn, webhook_id)
         failures = await admin.recent_failures(conn, webhook_id, 5)
-        series = await insights.hourly_outcomes(conn, webhook_id)
+        series = await outcome_history(request).hourly(conn, webhook_id)
         recent = await admin.list_deliveries(
             conn, webhook_id, None, None, None, RECENT_DELIVERIES + 1
         )
