@@ -121,3 +121,38 @@ async def test_no_request_logs_a_token_or_query_string(web_app: WebApp) -> None:
 
 def test_web_listen_defaults_to_loopback() -> None:
     assert load_settings(env={}).web_listen == "127.0.0.1:8080"
+
+
+async def test_an_unreachable_database_is_a_503_problem_not_a_traceback() -> None:
+    import socket
+
+    import aiohttp
+    from aiohttp import web
+
+    from dispatcher.web.app import create_app
+
+    with socket.socket() as nothing:
+        nothing.bind(("127.0.0.1", 0))
+        port = nothing.getsockname()[1]
+        # min_size=0: the pool opens no connection until a request needs one.
+        pool = await asyncpg.create_pool(
+            f"postgresql://postgres@127.0.0.1:{port}/postgres", min_size=0, max_size=1
+        )
+        runner = web.AppRunner(create_app(fast_settings(), pool), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                headers = {"Authorization": "Bearer dwt_anything"}
+                async with http.get(url + "/api/v1/webhooks", headers=headers) as resp:
+                    body = await resp.json(content_type=None)
+                    assert resp.status == 503
+                    assert resp.content_type == "application/problem+json"
+                    assert body["detail"] == "the database is unreachable; try again shortly"
+                async with http.get(url + "/healthz") as resp:
+                    assert resp.status == 200
+        finally:
+            await runner.cleanup()
+            await pool.close()
