@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +56,17 @@ class TestResult:
         }
 
 
+@contextlib.asynccontextmanager
+async def _connection(db: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
+
+
 async def send_test(
-    conn: asyncpg.Connection,
+    db: asyncpg.Connection | asyncpg.Pool,
     settings: Settings,
     webhook: asyncpg.Record,
     event_type: str | None,
@@ -65,33 +76,35 @@ async def send_test(
     """Store a test event for this webhook only, send it, and record the attempt.
 
     `webhook` is the row `admin.get_webhook` returns. The payload is `payload_json` if given,
-    else the type's catalog sample, else a generic test payload.
+    else the type's catalog sample, else a generic test payload. Given a pool, no connection is
+    held while the endpoint takes its time to answer (up to request_timeout_s).
     """
     if event_type is None:
         event_type = next((t for t in webhook["event_types"] if t != "*"), "webhook.test")
     check_event_type(event_type, allow_star=False)
     if payload_json is not None:
         parse_json(payload_json, what="the data")
-    payload = (
-        payload_json or await admin.event_type_sample(conn, event_type) or GENERIC_TEST_PAYLOAD
-    )
-    token = uuid.uuid4()
-    async with conn.transaction():
-        # Only this webhook gets a test event: skip the fan-out for this transaction.
-        await conn.execute("SET LOCAL dispatcher.skip_fan_out = 'on'")
-        event = await conn.fetchrow(
-            "INSERT INTO dispatcher.events (event_type, payload) VALUES ($1, $2::jsonb)"
-            " RETURNING message_id, payload::text AS payload, created_at",
-            event_type,
-            payload,
+    async with _connection(db) as conn:
+        payload = (
+            payload_json or await admin.event_type_sample(conn, event_type) or GENERIC_TEST_PAYLOAD
         )
-        delivery_id: int = await conn.fetchval(
-            admin.Q["insert_test_delivery"],
-            event["message_id"],
-            webhook["id"],
-            settings.lease_duration.total_seconds(),
-            token,
-        )
+        token = uuid.uuid4()
+        async with conn.transaction():
+            # Only this webhook gets a test event: skip the fan-out for this transaction.
+            await conn.execute("SET LOCAL dispatcher.skip_fan_out = 'on'")
+            event = await conn.fetchrow(
+                "INSERT INTO dispatcher.events (event_type, payload) VALUES ($1, $2::jsonb)"
+                " RETURNING message_id, payload::text AS payload, created_at",
+                event_type,
+                payload,
+            )
+            delivery_id: int = await conn.fetchval(
+                admin.Q["insert_test_delivery"],
+                event["message_id"],
+                webhook["id"],
+                settings.lease_duration.total_seconds(),
+                token,
+            )
     message_id = str(event["message_id"])
     body = build_body(message_id, event_type, event["created_at"], event["payload"])
     headers = Signer(settings).headers(
@@ -102,7 +115,8 @@ async def send_test(
             webhook["url"], headers, body, capture_headers=True
         )
     status = "succeeded" if outcome.ok else "failed"
-    await store.record_outcomes(conn, [outcome_row(delivery_id, token, 1, outcome, status)])
+    async with _connection(db) as conn:
+        await store.record_outcomes(conn, [outcome_row(delivery_id, token, 1, outcome, status)])
     shown = [
         (name, SECRET_SHOWN_AS if name == settings.secret_header else value)
         for name, value in headers.items()

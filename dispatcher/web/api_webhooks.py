@@ -219,9 +219,10 @@ async def test_webhook(request: web.Request) -> web.Response:
     data = body.json_text("data")
     async with request.app[POOL].acquire() as conn:
         webhook = await admin.get_webhook(conn, webhook_id)
-        result = await send_test(
-            conn, request.app[SETTINGS], webhook, event_type, payload_json=data
-        )
+    # The pool, not a connection: none is held while the endpoint answers.
+    result = await send_test(
+        request.app[POOL], request.app[SETTINGS], webhook, event_type, payload_json=data
+    )
     return respond({**result.as_json(), "webhook_status": webhook["status"]})
 
 

@@ -141,9 +141,10 @@ async def send_test_event(request: web.Request) -> web.StreamResponse:
     try:
         async with pool(request).acquire() as conn:
             webhook = await admin.get_webhook(conn, webhook_id)
-            result = await testevent.send_test(
-                conn, request.app[SETTINGS], webhook, form.get("event_type") or None
-            )
+        # The pool, not a connection: none is held while the endpoint answers.
+        result = await testevent.send_test(
+            pool(request), request.app[SETTINGS], webhook, form.get("event_type") or None
+        )
     except ValidationError as exc:
         return await render_details(
             request, webhook_id, dialog="test", forms={"test": failed_form(exc, form)}, status=422
