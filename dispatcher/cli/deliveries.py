@@ -8,33 +8,9 @@ from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import ago, emit_json, fields, plain, shorten, table
 from dispatcher.cli.params import DURATION, ID, Duration
 from dispatcher.manage import admin
+from dispatcher.manage.fields import ATTEMPT_FIELDS, DELIVERY_FIELDS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-DELIVERY_FIELDS = (
-    "id",
-    "message_id",
-    "webhook_id",
-    "service_name",
-    "event_type",
-    "kind",
-    "status",
-    "attempts",
-    "last_response_status",
-    "last_error_kind",
-    "created_at",
-    "finished_at",
-    "next_attempt_at",
-)
-ATTEMPT_FIELDS = (
-    "attempt",
-    "started_at",
-    "duration_ms",
-    "response_status",
-    "response_body",
-    "response_truncated",
-    "error_kind",
-    "error_message",
-)
 STATUSES = click.Choice(["pending", "succeeded", "failed", "cancelled"])
 
 

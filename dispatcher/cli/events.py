@@ -11,9 +11,9 @@ from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import emit_json, plain, shorten, table
 from dispatcher.cli.params import ID, JSON
 from dispatcher.manage import admin
+from dispatcher.manage.fields import EVENT_TYPE_FIELDS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-EVENT_TYPE_FIELDS = ("name", "description", "sample", "created_at")
 JSON_SOURCES = "JSON inline, @PATH to read a file, or - to read standard input"
 
 

@@ -8,9 +8,9 @@ from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import emit_json, plain, table
 from dispatcher.cli.params import ID
 from dispatcher.manage import tokens as token_service
+from dispatcher.manage.fields import TOKEN_FIELDS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-TOKEN_FIELDS = ("id", "name", "prefix", "read_only", "created_at", "last_used_at", "revoked_at")
 
 
 @main.group(name="tokens")

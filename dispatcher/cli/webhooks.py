@@ -16,20 +16,10 @@ from dispatcher.cli.params import ID, Duration, DurationType, split_values
 from dispatcher.delivery.netguard import target_warning
 from dispatcher.errors import DispatcherError
 from dispatcher.manage import admin
+from dispatcher.manage.fields import FAILURE_FIELDS, WEBHOOK_FIELDS
 from dispatcher.manage.testevent import TestResult, send_test
 from dispatcher.manage.validation import check_event_type
 
-# Stable --json field names. The secret appears only in `webhooks show`.
-WEBHOOK_FIELDS = (
-    "id",
-    "service_name",
-    "url",
-    "description",
-    "event_types",
-    "status",
-    "created_at",
-    "updated_at",
-)
 DAY = timedelta(days=1)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -139,16 +129,6 @@ def show(obj: Context, webhook_id: int, as_json: bool) -> None:
         return row, await admin.recent_failures(conn, webhook_id)
 
     row, failures = obj.run(work)
-    failure_fields = (
-        "delivery_id",
-        "message_id",
-        "event_type",
-        "attempt",
-        "started_at",
-        "response_status",
-        "error_kind",
-        "error_message",
-    )
     if as_json:
         emit_json(
             {
@@ -156,7 +136,7 @@ def show(obj: Context, webhook_id: int, as_json: bool) -> None:
                 "secret": row["secret"],
                 "previous_secret": row["previous_secret"],
                 "previous_secret_expires_at": row["previous_secret_expires_at"],
-                "recent_failures": [plain(f, failure_fields) for f in failures],
+                "recent_failures": [plain(f, FAILURE_FIELDS) for f in failures],
             }
         )
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from dispatcher.manage import admin
+from dispatcher.manage.fields import ATTEMPT_FIELDS, DELIVERY_FIELDS
 from dispatcher.web.api_json import (
     Body,
     decode_cursor,
@@ -24,31 +25,6 @@ routes = web.RouteTableDef()
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
-DELIVERY_FIELDS = (
-    "id",
-    "message_id",
-    "webhook_id",
-    "service_name",
-    "event_type",
-    "kind",
-    "status",
-    "attempts",
-    "last_response_status",
-    "last_error_kind",
-    "created_at",
-    "finished_at",
-    "next_attempt_at",
-)
-ATTEMPT_FIELDS = (
-    "attempt",
-    "started_at",
-    "duration_ms",
-    "response_status",
-    "response_body",
-    "response_truncated",
-    "error_kind",
-    "error_message",
-)
 
 
 @routes.get(V1 + "/deliveries")

@@ -13,6 +13,7 @@ import uuid
 from aiohttp import web
 
 from dispatcher.manage import admin
+from dispatcher.manage.fields import EVENT_DELIVERY_FIELDS, EVENT_TYPE_FIELDS
 from dispatcher.web.api_json import Body, field_problem, path_uuid, pick, respond
 from dispatcher.web.api_webhooks import V1, catalog_hint
 from dispatcher.web.app import POOL
@@ -24,19 +25,6 @@ routes = web.RouteTableDef()
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f9f3c52-6c1e-4f55-9d55-3f0f1b8e2a41")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
-EVENT_TYPE_FIELDS = ("name", "description", "sample", "created_at")
-EVENT_DELIVERY_FIELDS = (
-    "id",
-    "webhook_id",
-    "service_name",
-    "kind",
-    "status",
-    "attempts",
-    "last_response_status",
-    "last_error_kind",
-    "created_at",
-    "finished_at",
-)
 
 
 # --- the event-type catalog -------------------------------------------------------------

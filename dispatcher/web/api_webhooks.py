@@ -11,6 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from dispatcher.manage import admin
+from dispatcher.manage.fields import FAILURE_FIELDS, WEBHOOK_FIELDS
 from dispatcher.manage.testevent import send_test
 from dispatcher.web.api_json import (
     Body,
@@ -26,26 +27,6 @@ from dispatcher.web.problems import Problem
 V1 = "/api/v1"
 routes = web.RouteTableDef()
 
-WEBHOOK_FIELDS = (
-    "id",
-    "service_name",
-    "url",
-    "description",
-    "event_types",
-    "status",
-    "created_at",
-    "updated_at",
-)
-FAILURE_FIELDS = (
-    "delivery_id",
-    "message_id",
-    "event_type",
-    "attempt",
-    "started_at",
-    "response_status",
-    "error_kind",
-    "error_message",
-)
 CREATE_FIELDS = ("service_name", "url", "description", "event_types", "allow_unknown")
 PATCH_FIELDS = (
     "service_name",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dispatcher.manage.fields import EVENT_DELIVERY_FIELDS
 from dispatcher.web.api_json import MAX_ID
 
 Schema = dict[str, Any]
@@ -78,18 +79,6 @@ DELIVERY: dict[str, Schema] = {
     "finished_at": nullable(TIME),
     "next_attempt_at": nullable(TIME),
 }
-EVENT_DELIVERY_FIELDS = (
-    "id",
-    "webhook_id",
-    "service_name",
-    "kind",
-    "status",
-    "attempts",
-    "last_response_status",
-    "last_error_kind",
-    "created_at",
-    "finished_at",
-)
 RESENT = obj({"deliveries": array(obj({"id": ID, "webhook_id": ID}))})
 
 SCHEMAS: dict[str, Schema] = {
