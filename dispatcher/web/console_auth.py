@@ -9,8 +9,8 @@ import structlog
 from aiohttp import web
 
 from dispatcher.manage.tokens import SESSION_LIFETIME, authenticate_token, end_session, open_session
-from dispatcher.web.app import SESSION_COOKIE, SETTINGS, public, read_only_ok
-from dispatcher.web.console_render import form_of, pool, render
+from dispatcher.web.app import SESSION_COOKIE, public, read_only_ok
+from dispatcher.web.console_render import form_of, pool, render, set_cookie
 from dispatcher.web.problems import Problem
 
 log = structlog.get_logger("dispatcher.web")
@@ -63,15 +63,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         session_id, _ = await open_session(conn, who)
     log.info("console_signed_in", token_id=who.token_id)
     response = web.Response(status=303, headers={"Location": next_path})
-    response.set_cookie(
-        SESSION_COOKIE,
-        session_id,
-        path="/",
-        httponly=True,
-        samesite="Strict",
-        secure=request.app[SETTINGS].web_secure_cookie,
-        max_age=int(SESSION_LIFETIME.total_seconds()),
-    )
+    set_cookie(request, response, SESSION_COOKIE, session_id, int(SESSION_LIFETIME.total_seconds()))
     return response
 
 

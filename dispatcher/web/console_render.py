@@ -124,16 +124,23 @@ def see_other(request: web.Request, location: str, notice: str | None = None) ->
     else:
         response = web.Response(status=303, headers={"Location": location})
     if notice is not None:
-        response.set_cookie(
-            NOTICE_COOKIE,
-            notice,
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=request.app[SETTINGS].web_secure_cookie,
-            max_age=60,
-        )
+        set_cookie(request, response, NOTICE_COOKIE, notice, max_age=60)
     return response
+
+
+def set_cookie(
+    request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int
+) -> None:
+    """Set a console cookie: HttpOnly, SameSite=Strict, and Secure if web_secure_cookie."""
+    response.set_cookie(
+        name,
+        value,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.app[SETTINGS].web_secure_cookie,
+        max_age=max_age,
+    )
 
 
 async def form_of(request: web.Request) -> dict[str, str]:
