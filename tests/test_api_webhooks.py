@@ -27,6 +27,8 @@ async def create(api: Api, **fields: Any) -> dict[str, Any]:
     body = {"service_name": "CRM", "url": "https://crm.example/hook", "event_types": ["a.b"]}
     body.update(fields)
     created: dict[str, Any] = await api.ok("POST", f"{V1}/webhooks", body, status=201)
+    # Only a create or update answer carries warnings; the rest is what GET returns.
+    assert created.pop("warnings") == []
     return created
 
 
@@ -51,6 +53,7 @@ async def test_create_then_get_and_list(api: Api, db: asyncpg.Pool) -> None:
     assert webhook["event_types"] == ["customer.created", "customer.updated"]
     assert webhook["status"] == "active" and webhook["created_at"].endswith("Z")
     assert "secret" not in webhook
+    assert webhook.pop("warnings") == []
 
     assert await api.ok("GET", f"{V1}/webhooks/{webhook['id']}") == webhook
     await publish(db, "customer.created")
@@ -59,6 +62,18 @@ async def test_create_then_get_and_list(api: Api, db: asyncpg.Pool) -> None:
         (webhook["id"], 1, 0)
     ]
     assert all("secret" not in w for w in listed)
+
+
+async def test_create_and_patch_warn_when_the_daemon_would_refuse_the_address(api: Api) -> None:
+    # The test settings allow 127.0.0.0/8 only; 10.0.0.0/8 is private, so refused.
+    body = {"service_name": "Intranet", "url": "http://10.1.2.3/hook", "event_types": ["a.b"]}
+    webhook = await api.ok("POST", f"{V1}/webhooks", body, status=201)
+    assert len(webhook["warnings"]) == 1
+    assert "10.1.2.3" in webhook["warnings"][0] and "allowed_networks" in webhook["warnings"][0]
+    path = f"{V1}/webhooks/{webhook['id']}"
+    assert (await api.ok("PATCH", path, {"url": "http://127.0.0.1:9/h"}))["warnings"] == []
+    assert len((await api.ok("PATCH", path, {"url": "http://[::1]/h"}))["warnings"]) == 1
+    assert "warnings" not in await api.ok("GET", path)
 
 
 async def test_patch_changes_fields_and_types_in_one_request(api: Api) -> None:

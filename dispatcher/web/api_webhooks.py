@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from dispatcher.delivery.netguard import target_warning
 from dispatcher.manage import admin
 from dispatcher.manage.fields import FAILURE_FIELDS, WEBHOOK_FIELDS
 from dispatcher.manage.testevent import send_test
@@ -49,6 +50,12 @@ def webhook_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+async def saved_webhook_json(request: web.Request, row: asyncpg.Record) -> dict[str, Any]:
+    """A webhook just created or changed, with a warning if its address would be refused."""
+    warning = await target_warning(row["url"], request.app[SETTINGS].allowed)
+    return {**webhook_json(row), "warnings": [warning] if warning else []}
+
+
 @contextmanager
 def catalog_hint(field: str) -> Iterator[None]:
     """Say how the API, not the CLI, accepts a type missing from the catalog."""
@@ -80,7 +87,7 @@ async def create_webhook(request: web.Request) -> web.Response:
                 conn, name, url, description, types, allow_unknown=allow_unknown
             )
     location = f"{V1}/webhooks/{row['id']}"
-    return respond(webhook_json(row), 201, headers={"Location": location})
+    return respond(await saved_webhook_json(request, row), 201, headers={"Location": location})
 
 
 @routes.get(V1 + "/webhooks")
@@ -137,7 +144,7 @@ async def patch_webhook(request: web.Request) -> web.Response:
                     conn, webhook_id, add or [], remove or [], replace, allow_unknown
                 )
         row = await admin.get_webhook(conn, webhook_id)
-    return respond(webhook_json(row))
+    return respond(await saved_webhook_json(request, row))
 
 
 @routes.get(V1 + "/webhooks/{webhook_id}/secret")

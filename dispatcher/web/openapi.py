@@ -120,7 +120,7 @@ def paths() -> dict[str, Schema]:
             "post": operation(
                 "create_webhook",
                 "Create a webhook; it is active at once." + WRITE,
-                {201: ok("Webhook", "Created; Location names it.")},
+                {201: ok("SavedWebhook", "Created; Location names it.")},
                 errors=(409,),
                 body="NewWebhook",
             ),
@@ -133,7 +133,7 @@ def paths() -> dict[str, Schema]:
             "patch": operation(
                 "patch_webhook",
                 "Change the name, URL, description or event types, in one transaction." + WRITE,
-                {200: ok("Webhook")},
+                {200: ok("SavedWebhook")},
                 errors=(404, 409),
                 body="WebhookChanges",
             ),

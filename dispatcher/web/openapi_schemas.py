@@ -96,6 +96,11 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["type", "title", "status", "detail"],
     },
     "Webhook": obj({**WEBHOOK, "previous_secret_expires_at": nullable(TIME)}),
+    # Create and update also say when the daemon would refuse the URL's address as it
+    # resolves now (the SSRF guard); the webhook is saved either way.
+    "SavedWebhook": obj(
+        {**WEBHOOK, "previous_secret_expires_at": nullable(TIME), "warnings": array(STRING)}
+    ),
     "WebhookList": obj(
         {"webhooks": array(obj({**WEBHOOK, "deliveries_24h": INTEGER, "failed_24h": INTEGER}))}
     ),
