@@ -219,6 +219,31 @@ async def test_without_js_a_failed_form_comes_back_open_with_its_values(web_app:
     assert "Webhook added" in page
 
 
+async def test_saving_a_url_the_daemon_would_refuse_says_so(web_app: WebApp) -> None:
+    session = await console_session(web_app.pool, web_app.token)
+    form = {
+        "csrf_token": session.csrf_token,
+        "service_name": "Intranet",
+        "url": "http://10.1.2.3/hooks",  # private; the test settings allow 127.0.0.0/8 only
+        "other_types": "invoice.paid",
+    }
+    status, headers, _ = await post(web_app, "/webhooks", form, session)
+    assert status == 303
+    assert "dispatcher_notice=created_refused" in headers["Set-Cookie"]
+    notice = headers["Set-Cookie"].split(";")[0]
+    _, _, page = await get(
+        web_app, headers["Location"], Cookie=f"{session.cookie['Cookie']}; {notice}"
+    )
+    assert "resolves to an address the daemon refuses" in page and "allowed_networks" in page
+
+    edit = {"csrf_token": session.csrf_token, "url": "http://127.0.0.1:9/h", "service_name": "I"}
+    _, headers, _ = await post(web_app, f"{headers['Location']}/edit", edit, session)
+    assert "dispatcher_notice=saved;" in headers["Set-Cookie"]
+    edit["url"] = "http://[::1]/h"
+    _, headers, _ = await post(web_app, f"{headers['Location']}/edit", edit, session)
+    assert "dispatcher_notice=saved_refused" in headers["Set-Cookie"]
+
+
 async def test_dialogs_open_from_a_link_without_js(web_app: WebApp) -> None:
     webhook_id, _ = await add_webhook(web_app.pool, "https://example.com/h", ["a.b", "c.d"])
     session = await console_session(web_app.pool, web_app.token)

@@ -14,6 +14,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
+from dispatcher.delivery.netguard import target_warning
 from dispatcher.manage.admin import NotFound
 from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.manage.validation import ValidationError
@@ -41,7 +42,11 @@ LOCATION_HEADER = "X-Console-Location"
 # third party could plant there is ever shown.
 NOTICES = {
     "created": "Webhook added. It is active now; give its signing secret to the receiver.",
+    "created_refused": "Webhook added, but its URL resolves to an address the daemon refuses"
+    " (not a public address); add that network to allowed_networks to permit it.",
     "saved": "Changes saved.",
+    "saved_refused": "Changes saved, but the URL resolves to an address the daemon refuses"
+    " (not a public address); add that network to allowed_networks to permit it.",
     "events": "Event list saved.",
     "removed": "Event type removed.",
     "enabled": "Webhook enabled. It receives events published from now on.",
@@ -115,6 +120,12 @@ async def render(
     if code:
         response.del_cookie(NOTICE_COOKIE, path="/")
     return response
+
+
+async def saved_notice(request: web.Request, code: str, url: str) -> str:
+    """`code`, or its _refused form when the daemon would refuse the URL as it resolves now."""
+    refused = await target_warning(url, request.app[SETTINGS].allowed)
+    return f"{code}_refused" if refused else code
 
 
 def see_other(request: web.Request, location: str, notice: str | None = None) -> web.Response:

@@ -13,7 +13,15 @@ from aiohttp import web
 from dispatcher.manage import admin, testevent
 from dispatcher.manage.validation import ValidationError
 from dispatcher.web.app import SETTINGS
-from dispatcher.web.console_render import console_page, form_list, form_of, int_id, pool, see_other
+from dispatcher.web.console_render import (
+    console_page,
+    form_list,
+    form_of,
+    int_id,
+    pool,
+    saved_notice,
+    see_other,
+)
 from dispatcher.web.console_webhooks import chosen_types, failed_form, render_details
 
 GRACE_CHOICES = {
@@ -56,7 +64,7 @@ async def edit_webhook(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     try:
         async with pool(request).acquire() as conn:
-            await admin.edit_webhook(
+            row = await admin.edit_webhook(
                 conn,
                 webhook_id,
                 name=form.get("service_name"),
@@ -67,7 +75,7 @@ async def edit_webhook(request: web.Request) -> web.StreamResponse:
         return await render_details(
             request, webhook_id, dialog="edit", forms={"edit": failed_form(exc, form)}, status=422
         )
-    return see_other(request, _back(webhook_id), "saved")
+    return see_other(request, _back(webhook_id), await saved_notice(request, "saved", row["url"]))
 
 
 @console_page

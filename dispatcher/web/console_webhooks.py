@@ -27,6 +27,7 @@ from dispatcher.web.console_render import (
     outcome_history,
     pool,
     render,
+    saved_notice,
     see_other,
 )
 
@@ -148,7 +149,8 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
                 },
                 status=422,
             )
-    return see_other(request, f"/webhooks/{row['id']}", "created")
+    notice = await saved_notice(request, "created", row["url"])
+    return see_other(request, f"/webhooks/{row['id']}", notice)
 
 
 # --- the details --------------------------------------------------------------------------
