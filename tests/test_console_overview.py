@@ -148,7 +148,14 @@ async def test_the_kept_history_agrees_with_a_full_count_and_reads_the_past_once
         delivery = await insert_delivery(
             db, webhook_id, "a.b", status, timedelta(days=2), [Attempt(200)]
         )
-        await finish_at_hour(db, delivery, hours_back)
+        # Whole hours back from now: in that many hours before this one, and never in the
+        # future (finish_at_hour's "5 minutes into the hour" is, early in an hour).
+        await db.execute(
+            "UPDATE dispatcher.deliveries SET finished_at = now() - make_interval(hours => $2)"
+            " WHERE id = $1",
+            delivery,
+            hours_back,
+        )
     history = insights.OutcomeHistory()
 
     async def both(webhook_id: int | None) -> tuple[list[HourOutcomes], list[HourOutcomes]]:
@@ -166,7 +173,8 @@ async def test_the_kept_history_agrees_with_a_full_count_and_reads_the_past_once
 
     # Deliveries finishing now are counted on the next call.
     for status in ("succeeded", "failed", "succeeded"):
-        await insert_delivery(db, two, "a.b", status, timedelta(seconds=1), [Attempt(200)])
+        # insert_delivery finishes a delivery a minute after `age`: so now.
+        await insert_delivery(db, two, "a.b", status, timedelta(minutes=1), [Attempt(200)])
     kept, counted = await both(None)
     assert kept == counted and kept[-1].succeeded + kept[-1].failed == 4
 
@@ -177,3 +185,20 @@ async def test_the_kept_history_agrees_with_a_full_count_and_reads_the_past_once
     )
     kept, counted = await both(two)
     assert sum(h.failed for h in kept) == sum(h.failed for h in counted) + 1
+
+
+async def test_a_delivery_finishing_past_the_clock_read_is_left_for_the_next_view(
+    db: asyncpg.Pool,
+) -> None:
+    """At an hour's turn a delivery may finish in an hour after the last one shown."""
+    webhook_id, _ = await add_webhook(db, "https://one.example/h", ["a.b"])
+    delivery = await insert_delivery(db, webhook_id, "a.b", "succeeded", timedelta(minutes=1))
+    await db.execute(
+        "UPDATE dispatcher.deliveries"
+        " SET finished_at = date_trunc('hour', now(), 'UTC') + interval '61 minutes'"
+        " WHERE id = $1",
+        delivery,
+    )
+    async with db.acquire() as conn:
+        series = await insights.OutcomeHistory().hourly(conn, None)
+    assert len(series) == 24 and sum(h.succeeded + h.failed for h in series) == 0

@@ -89,7 +89,9 @@ class OutcomeHistory:
                 self._counted_to = settled
             for hour in [h for h in self._kept if h < start]:
                 del self._kept[hour]
-            fresh = await conn.fetch(Q["outcomes_by_hour"], self._counted_to, None)
+            # Up to the clock read above: a delivery finishing after it may fall in an hour
+            # past the last one shown; the next view counts it.
+            fresh = await conn.fetch(Q["outcomes_by_hour"], self._counted_to, clock["now"])
         day: dict[datetime, dict[int, Counts]] = {
             start + timedelta(hours=i): {} for i in range(DAY_HOURS)
         }

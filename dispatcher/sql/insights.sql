@@ -32,15 +32,15 @@ SELECT count(*) FROM dispatcher.deliveries WHERE webhook_id = $1 AND status = 'p
 SELECT id, service_name FROM dispatcher.webhooks ORDER BY lower(service_name), id;
 
 -- name: outcomes_by_hour
--- Deliveries that finished in [$1, $2) ($2 NULL: up to now), per UTC hour and webhook, with
--- the database's clock. Both bounds walk the deliveries_finished index.
+-- Deliveries that finished in [$1, $2), per UTC hour and webhook. Both bounds walk the
+-- deliveries_finished index.
 SELECT date_trunc('hour', finished_at, 'UTC') AS hour, webhook_id,
        count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
        count(*) FILTER (WHERE status = 'failed') AS failed
 FROM dispatcher.deliveries
 WHERE status <> 'pending'
   AND finished_at >= $1
-  AND ($2::timestamptz IS NULL OR finished_at < $2)
+  AND finished_at < $2
   AND status IN ('succeeded', 'failed')
 GROUP BY 1, 2;
 
