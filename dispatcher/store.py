@@ -80,7 +80,7 @@ def _strip_comments(sql: str) -> str:
 
 QUERIES = load_queries("queries.sql")
 # The queue gauges use the query behind `dispatcher stats`, so the two always agree.
-_QUEUE_STATS = load_queries("admin.sql")["queue_stats"]
+_QUEUE_STATS = load_queries("history.sql")["queue_stats"]
 
 
 # Not frozen: a frozen dataclass builds five times slower, and one is built per attempt.

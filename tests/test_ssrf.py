@@ -30,7 +30,7 @@ from dispatcher.delivery.netguard import (
     parse_networks,
 )
 from dispatcher.delivery.sender import Outcome, Sender, create_session
-from dispatcher.manage import admin
+from dispatcher.manage import history
 from dispatcher.settings import Settings
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 
@@ -253,7 +253,7 @@ async def test_a_refused_delivery_is_delivered_by_a_resend_after_the_allow_list_
     assert await delivery_state(db) == ("failed", 1, None, "blocked_address")
 
     async with db.acquire() as conn:
-        assert await admin.bulk_resend(conn, "failed", timedelta(hours=24), None, False) == (1, 1)
+        assert await history.bulk_resend(conn, "failed", timedelta(hours=24), None, False) == (1, 1)
     await deliver_all(fast_settings(allowed_networks=("127.0.0.0/8",)), dsn)
 
     assert len(receiver.requests) == 1

@@ -7,7 +7,7 @@ import click
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import ago, emit_json, fields, plain, shorten, table
 from dispatcher.cli.params import DURATION, ID, Duration
-from dispatcher.manage import admin
+from dispatcher.manage import history
 from dispatcher.manage.fields import ATTEMPT_FIELDS, DELIVERY_FIELDS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -42,7 +42,7 @@ def list_(
     """List deliveries, newest first."""
     window = None if since is None else since.delta
     rows = obj.run(
-        lambda conn: admin.list_deliveries(conn, webhook_id, status, event_type, window, limit)
+        lambda conn: history.list_deliveries(conn, webhook_id, status, event_type, window, limit)
     )
     if as_json:
         emit_json([plain(r, DELIVERY_FIELDS) for r in rows])
@@ -75,7 +75,7 @@ def list_(
 @click.pass_obj
 def show(obj: Context, delivery_id: int, as_json: bool) -> None:
     """Show a delivery and every attempt: status, time, duration, error, response."""
-    row, attempts = obj.run(lambda conn: admin.get_delivery(conn, delivery_id))
+    row, attempts = obj.run(lambda conn: history.get_delivery(conn, delivery_id))
     if as_json:
         emit_json(
             {
@@ -154,7 +154,7 @@ def resend(
     same recovery twice does not send twice.
     """
     matched, resent = obj.run(
-        lambda conn: admin.bulk_resend(conn, status, since.delta, webhook_id, dry_run)
+        lambda conn: history.bulk_resend(conn, status, since.delta, webhook_id, dry_run)
     )
     if as_json:
         emit_json({"matched": matched, "resent": resent, "dry_run": dry_run})
@@ -178,7 +178,7 @@ def resend(
 @click.pass_obj
 def stats(obj: Context, window: Duration, as_json: bool) -> None:
     """Show queue depth, leases in flight, the oldest due delivery, and outcomes per webhook."""
-    data = obj.run(lambda conn: admin.stats(conn, window.delta))
+    data = obj.run(lambda conn: history.stats(conn, window.delta))
     if as_json:
         emit_json(data)
         return

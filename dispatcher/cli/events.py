@@ -10,7 +10,7 @@ import click
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import emit_json, plain, shorten, table
 from dispatcher.cli.params import ID, JSON
-from dispatcher.manage import admin
+from dispatcher.manage import admin, history
 from dispatcher.manage.fields import EVENT_TYPE_FIELDS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -101,7 +101,7 @@ def publish(
 ) -> None:
     """Publish an event, exactly as `SELECT dispatcher.publish(...)` does."""
     result = obj.run(
-        lambda conn: admin.publish_event(
+        lambda conn: history.publish_event(
             conn, event_type, data, message_id, allow_unknown=allow_unknown
         )
     )
@@ -140,7 +140,7 @@ def resend(obj: Context, message_id: uuid.UUID, webhook_id: int | None, as_json:
     """Resend a stored event: a new delivery, fresh retries, the same messageId."""
 
     async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        return await admin.resend_event(conn, message_id, webhook_id)
+        return await history.resend_event(conn, message_id, webhook_id)
 
     rows = obj.run(work)
     if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dispatcher.manage import admin
+from dispatcher.manage import history
 from dispatcher.manage.fields import ATTEMPT_FIELDS, DELIVERY_FIELDS
 from dispatcher.web.api_json import (
     Body,
@@ -38,7 +38,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     before_id = decode_cursor(request)
     async with request.app[POOL].acquire() as conn:
         # One row more than the page says whether another page follows.
-        rows = await admin.list_deliveries(
+        rows = await history.list_deliveries(
             conn, webhook_id, status, event_type, since, limit + 1, before_id=before_id
         )
     page = rows[:limit]
@@ -56,7 +56,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def get_delivery(request: web.Request) -> web.Response:
     delivery_id = path_id(request, "delivery_id", "delivery")
     async with request.app[POOL].acquire() as conn:
-        row, attempts = await admin.get_delivery(conn, delivery_id)
+        row, attempts = await history.get_delivery(conn, delivery_id)
     return respond(
         {
             **pick(row, DELIVERY_FIELDS),
@@ -76,7 +76,7 @@ async def bulk_resend(request: web.Request) -> web.Response:
     webhook_id = body.id("webhook_id")
     dry_run = body.boolean("dry_run")
     async with request.app[POOL].acquire() as conn:
-        matched, resent = await admin.bulk_resend(conn, status, since, webhook_id, dry_run)
+        matched, resent = await history.bulk_resend(conn, status, since, webhook_id, dry_run)
     return respond({"matched": matched, "resent": resent, "dry_run": dry_run})
 
 
@@ -85,7 +85,7 @@ async def resend_delivery(request: web.Request) -> web.Response:
     delivery_id = path_id(request, "delivery_id", "delivery")
     await Body.read(request, ())
     async with request.app[POOL].acquire() as conn:
-        rows = await admin.resend_delivery(conn, delivery_id)
+        rows = await history.resend_delivery(conn, delivery_id)
     return respond({"deliveries": [{"id": r["id"], "webhook_id": r["webhook_id"]} for r in rows]})
 
 
@@ -94,5 +94,5 @@ async def stats(request: web.Request) -> web.Response:
     window = query_period(request, "window", default="24h")
     assert window is not None
     async with request.app[POOL].acquire() as conn:
-        data = await admin.stats(conn, window)
+        data = await history.stats(conn, window)
     return respond(data)

@@ -12,7 +12,7 @@ import uuid
 
 from aiohttp import web
 
-from dispatcher.manage import admin
+from dispatcher.manage import admin, history
 from dispatcher.manage.fields import EVENT_DELIVERY_FIELDS, EVENT_TYPE_FIELDS
 from dispatcher.web.api_json import Body, field_problem, path_uuid, pick, respond
 from dispatcher.web.api_webhooks import V1, catalog_hint
@@ -89,7 +89,7 @@ async def publish_event(request: web.Request) -> web.Response:
     message_id = message_id or keyed
     async with request.app[POOL].acquire() as conn:
         with catalog_hint("event_type"):
-            result = await admin.publish_event(
+            result = await history.publish_event(
                 conn, event_type, data, message_id, allow_unknown=body.boolean("allow_unknown")
             )
     if not result.same_as_sent:
@@ -114,8 +114,8 @@ async def publish_event(request: web.Request) -> web.Response:
 async def get_event(request: web.Request) -> web.Response:
     message_id = path_uuid(request, "message_id", "event")
     async with request.app[POOL].acquire() as conn:
-        row = await admin.get_event(conn, message_id)
-        deliveries = await admin.event_deliveries(conn, message_id)
+        row = await history.get_event(conn, message_id)
+        deliveries = await history.event_deliveries(conn, message_id)
     return respond(
         {
             "message_id": row["message_id"],
@@ -133,5 +133,5 @@ async def resend_event(request: web.Request) -> web.Response:
     body = await Body.read(request, ("webhook_id",))
     webhook_id = body.id("webhook_id")
     async with request.app[POOL].acquire() as conn:
-        rows = await admin.resend_event(conn, message_id, webhook_id)
+        rows = await history.resend_event(conn, message_id, webhook_id)
     return respond({"deliveries": [{"id": r["id"], "webhook_id": r["webhook_id"]} for r in rows]})

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from dispatcher.manage import admin, insights
+from dispatcher.manage import admin, history, insights
 from dispatcher.manage.validation import ValidationError
 from dispatcher.web.console_render import (
     console_page,
@@ -43,7 +43,7 @@ def log_filters(query: Mapping[str, str]) -> dict[str, str]:
     status = query.get("status", "")
     return {
         "webhook": str(_number(query.get("webhook")) or ""),
-        "status": status if status in admin.DELIVERY_STATUSES else "",
+        "status": status if status in history.DELIVERY_STATUSES else "",
         "event_type": query.get("event_type", "").strip(),
         "since": since if since in SINCE_CHOICES else "",
     }
@@ -63,7 +63,7 @@ async def render_log(
     webhook_id = _number(filters["webhook"])
     since = SINCE_CHOICES[filters["since"]][1] if filters["since"] else None
     async with pool(request).acquire() as conn:
-        rows = await admin.list_deliveries(
+        rows = await history.list_deliveries(
             conn,
             webhook_id,
             filters["status"] or None,
@@ -91,7 +91,7 @@ async def render_log(
             "webhook_name": dict(webhooks).get(webhook_id) if webhook_id else None,
             "catalog": catalog,
             "since_choices": SINCE_CHOICES,
-            "statuses": admin.DELIVERY_STATUSES,
+            "statuses": history.DELIVERY_STATUSES,
             "dialog": opened,
             "recover": recover or {},
             "here": log_url(filters),
@@ -114,7 +114,7 @@ async def recover_preview(request: web.Request) -> web.StreamResponse:
         return await render_log(request, {"error": "Choose how far back to look."}, status=422)
     webhook_id = _number(filters["webhook"])
     async with pool(request).acquire() as conn:
-        matched, _ = await admin.bulk_resend(
+        matched, _ = await history.bulk_resend(
             conn, "failed", SINCE_CHOICES[choice][1], webhook_id, dry_run=True
         )
     return await render_log(request, {"since": choice, "matched": matched})
@@ -129,7 +129,7 @@ async def recover(request: web.Request) -> web.StreamResponse:
         raise ValidationError("choose how far back to look: 1h, 24h or 7d")
     webhook_id = _number(form.get("webhook"))
     async with pool(request).acquire() as conn:
-        _, resent = await admin.bulk_resend(
+        _, resent = await history.bulk_resend(
             conn, "failed", SINCE_CHOICES[choice][1], webhook_id, dry_run=False
         )
     back = log_url({"webhook": str(webhook_id or "")})
@@ -140,7 +140,7 @@ async def recover(request: web.Request) -> web.StreamResponse:
 async def delivery_page(request: web.Request) -> web.StreamResponse:
     """One delivery: its event, its status, and every attempt with the endpoint's answer."""
     async with pool(request).acquire() as conn:
-        delivery, attempts = await admin.get_delivery(conn, int_id(request))
+        delivery, attempts = await history.get_delivery(conn, int_id(request))
         webhook_active = False
         if delivery["service_name"] is not None:
             webhook = await admin.get_webhook(conn, delivery["webhook_id"])
@@ -162,5 +162,5 @@ async def delivery_page(request: web.Request) -> web.StreamResponse:
 async def resend(request: web.Request) -> web.StreamResponse:
     """Send this delivery's event to its webhook again, as a new delivery."""
     async with pool(request).acquire() as conn:
-        rows = await admin.resend_delivery(conn, int_id(request))
+        rows = await history.resend_delivery(conn, int_id(request))
     return see_other(request, f"/deliveries/{rows[0]['id']}", "resent")

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from dispatcher.manage import admin, insights
+from dispatcher.manage import admin, history, insights
 from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.manage.testevent import TestResult
 from dispatcher.manage.validation import ValidationError
@@ -83,10 +83,10 @@ def failed_form(exc: ValidationError, values: Mapping[str, Any]) -> dict[str, An
 # --- the list -----------------------------------------------------------------------------
 
 
-async def _list_context(conn: asyncpg.Connection, history: OutcomeHistory) -> dict[str, Any]:
+async def _list_context(conn: asyncpg.Connection, outcomes: OutcomeHistory) -> dict[str, Any]:
     # The row figures and the chart come from one count of finished deliveries, so they agree.
-    counts = await history.per_webhook(conn)
-    series = await history.hourly(conn, None)
+    counts = await outcomes.per_webhook(conn)
+    series = await outcomes.hourly(conn, None)
     webhooks = []
     for row in await admin.list_webhooks(conn, None):
         succeeded, failed_count = counts.get(row["id"], (0, 0))
@@ -189,7 +189,7 @@ async def render_details(
         webhook = await admin.get_webhook(conn, webhook_id)
         failures = await admin.recent_failures(conn, webhook_id, 5)
         series = await outcome_history(request).hourly(conn, webhook_id)
-        recent = await admin.list_deliveries(
+        recent = await history.list_deliveries(
             conn, webhook_id, None, None, None, RECENT_DELIVERIES + 1
         )
         pending = await insights.pending_of_webhook(conn, webhook_id)
