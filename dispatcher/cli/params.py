@@ -10,10 +10,7 @@ from typing import Any
 
 import click
 
-from dispatcher.manage.validation import ValidationError, parse_duration, parse_json
-
-# Ids are PostgreSQL bigint identity values: never zero or negative.
-MAX_ID = 2**63 - 1
+from dispatcher.manage.validation import MAX_ID, ValidationError, parse_duration, parse_json
 
 
 class IdType(click.ParamType[int]):

@@ -39,6 +39,19 @@ class JsonSyntaxError(ValidationError):
     """Text that is not JSON at all (as opposed to JSON that PostgreSQL cannot store)."""
 
 
+# Ids are PostgreSQL bigint identity values: never zero or negative.
+MAX_ID = 2**63 - 1
+
+
+def parse_id(text: str) -> int | None:
+    """Return `text` as an id (ASCII digits, 1 to MAX_ID), or None when it cannot name a row."""
+    if text.isascii() and text.isdigit() and len(text) <= 19:
+        number = int(text)
+        if 1 <= number <= MAX_ID:
+            return number
+    return None
+
+
 def check_url(url: str) -> str:
     """Return the URL if it is http(s), has a host, no user-info, and fits the length cap."""
     url = url.strip()

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from dispatcher.manage.validation import (
+    MAX_ID,
     ValidationError,
     check_storable,
     check_text,
@@ -27,11 +28,10 @@ from dispatcher.manage.validation import (
     decode_json,
     encode_json,
     parse_duration,
+    parse_id,
 )
 from dispatcher.web.problems import Problem
 
-# Ids are PostgreSQL bigint identity values: never zero or negative.
-MAX_ID = 2**63 - 1
 JSON_TYPES = ("application/json",)
 # Columns that hold jsonb as text: sent on as JSON values, never as strings.
 JSON_COLUMNS = frozenset({"payload", "sample"})
@@ -199,10 +199,9 @@ def period(name: str, value: Any) -> timedelta:
 def path_id(request: web.Request, name: str, what: str) -> int:
     """A bigint id from the path; anything else names nothing, so 404."""
     text = request.match_info[name]
-    if text.isascii() and text.isdigit() and len(text) <= 19:
-        number = int(text)
-        if 1 <= number <= MAX_ID:
-            return number
+    number = parse_id(text)
+    if number is not None:
+        return number
     raise Problem(404, f"{what} {text!r} does not exist: ids are whole numbers from 1 to {MAX_ID}")
 
 
@@ -218,8 +217,9 @@ def query_id(request: web.Request, name: str) -> int | None:
     text = request.query.get(name)
     if text is None:
         return None
-    if text.isascii() and text.isdigit() and len(text) <= 19 and 1 <= int(text) <= MAX_ID:
-        return int(text)
+    number = parse_id(text)
+    if number is not None:
+        return number
     raise field_problem(name, f"the parameter {name!r} must be an id from 1 to {MAX_ID}")
 
 
@@ -260,9 +260,7 @@ def decode_cursor(request: web.Request, name: str = "cursor") -> int | None:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
     except (binascii.Error, ValueError):
         raw = ""
-    digits = raw[1:]
-    if raw.startswith("d") and digits.isdigit() and len(digits) <= 19:
-        number = int(digits)
-        if 1 <= number <= MAX_ID:
-            return number
+    number = parse_id(raw[1:]) if raw.startswith("d") else None
+    if number is not None:
+        return number
     raise field_problem(name, "the cursor is not one this API gave out: use next_cursor as sent")

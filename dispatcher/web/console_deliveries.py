@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from dispatcher.manage import admin, history, insights
-from dispatcher.manage.validation import ValidationError
+from dispatcher.manage.validation import ValidationError, parse_id
 from dispatcher.web.console_render import (
     console_page,
     form_of,
@@ -27,14 +27,11 @@ SINCE_CHOICES = {
     "24h": ("Last 24 hours", timedelta(hours=24)),
     "7d": ("Last 7 days", timedelta(days=7)),
 }
-MAX_ID = 2**63 - 1
 
 
 def _number(text: str | None) -> int | None:
-    """Return a query's positive id, or None for anything else (a filter is then left off)."""
-    if text and text.isdigit() and 0 < int(text) <= MAX_ID:
-        return int(text)
-    return None
+    """Return a query's id, or None for anything else (a filter is then left off)."""
+    return parse_id(text) if text else None
 
 
 def log_filters(query: Mapping[str, str]) -> dict[str, str]:

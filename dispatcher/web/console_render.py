@@ -17,7 +17,7 @@ from aiohttp import web
 from dispatcher.delivery.netguard import target_warning
 from dispatcher.manage.admin import NotFound
 from dispatcher.manage.insights import OutcomeHistory
-from dispatcher.manage.validation import ValidationError
+from dispatcher.manage.validation import ValidationError, parse_id
 from dispatcher.web.app import POOL, PRINCIPAL, SETTINGS, Handler, principal
 from dispatcher.web.console_text import (
     age,
@@ -166,10 +166,11 @@ async def form_list(request: web.Request, name: str) -> list[str]:
 
 
 def int_id(request: web.Request, name: str = "id") -> int:
-    """Return a numeric path segment; the route's pattern already admits digits only."""
-    value = int(request.match_info[name])
-    if value > 2**63 - 1:
-        raise NotFound(f"{name} {value} does not exist")
+    """Return an id from the path; one that cannot name a row is not found."""
+    text = request.match_info[name]
+    value = parse_id(text)
+    if value is None:
+        raise NotFound(f"{name} {text} does not exist")
     return value
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dispatcher.manage.fields import EVENT_DELIVERY_FIELDS
-from dispatcher.web.api_json import MAX_ID
+from dispatcher.manage.validation import MAX_ID
 
 Schema = dict[str, Any]
 
