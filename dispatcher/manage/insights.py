@@ -9,12 +9,13 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from dispatcher.manage import history
 from dispatcher.store import load_queries
 
 Q = load_queries("insights.sql")
 # The console's queue figures come from the query behind `dispatcher stats` and /metrics, so the
 # three always agree.
-_QUEUE_STATS = load_queries("history.sql")["queue_stats"]
+_QUEUE_STATS = history.Q["queue_stats"]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,14 @@ SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1;
 -- name: lock_webhook
 SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1 FOR UPDATE;
 
+-- name: webhook_summary_columns
+-- (a fragment, not a query: what a listing shows of each webhook `w`; never the secret)
+w.id, w.service_name, w.url, w.description, w.status, w.event_types,
+cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at
+
 -- name: list_webhooks
 -- Every webhook with its delivery counts over the last $1 seconds.
-SELECT w.id, w.service_name, w.url, w.description, w.status, w.event_types,
-       cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at,
+SELECT {webhook_summary_columns},
        coalesce(c.total, 0) AS deliveries, coalesce(c.failed, 0) AS failed
 FROM dispatcher.webhooks w
 LEFT JOIN (
@@ -34,8 +38,7 @@ ORDER BY w.id;
 
 -- name: list_webhooks_only
 -- Every webhook, without delivery counts (the console counts those from its own history).
-SELECT w.id, w.service_name, w.url, w.description, w.status, w.event_types,
-       cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at
+SELECT {webhook_summary_columns}
 FROM dispatcher.webhooks w
 ORDER BY w.id;
 
