@@ -48,6 +48,8 @@ async def hourly_outcomes(conn: asyncpg.Connection, webhook_id: int | None) -> l
 
 
 Counts = tuple[int, int]  # (succeeded, failed)
+# {hour: {webhook_id: counts}}, as OutcomeHistory.last_day returns it.
+Day = dict[datetime, dict[int, Counts]]
 DAY_HOURS = 24
 # A delivery's finished_at is the outcome statement's now(), and the row is visible when that
 # statement commits, a few milliseconds later. A minute of margin lets a count of the past
@@ -71,7 +73,7 @@ class OutcomeHistory:
         self._counted_to: datetime | None = None
         self._lock = asyncio.Lock()
 
-    async def last_day(self, conn: asyncpg.Connection) -> dict[datetime, dict[int, Counts]]:
+    async def last_day(self, conn: asyncpg.Connection) -> Day:
         """Return {hour: {webhook_id: (succeeded, failed)}} for the 24 hours up to now."""
         async with self._lock:
             clock = await conn.fetchrow(Q["clock"])
@@ -93,9 +95,7 @@ class OutcomeHistory:
             # Up to the clock read above: a delivery finishing after it may fall in an hour
             # past the last one shown; the next view counts it.
             fresh = await conn.fetch(Q["outcomes_by_hour"], self._counted_to, clock["now"])
-        day: dict[datetime, dict[int, Counts]] = {
-            start + timedelta(hours=i): {} for i in range(DAY_HOURS)
-        }
+        day: Day = {start + timedelta(hours=i): {} for i in range(DAY_HOURS)}
         for hour, webhooks in self._kept.items():
             day[hour] = {w: (c[0], c[1]) for w, c in webhooks.items()}
         for row in fresh:
@@ -105,20 +105,32 @@ class OutcomeHistory:
 
     async def hourly(self, conn: asyncpg.Connection, webhook_id: int | None) -> list[HourOutcomes]:
         """Return 24 hours of outcomes, oldest first, of one webhook or of all of them."""
-        series = []
-        for hour, webhooks in sorted((await self.last_day(conn)).items()):
-            picked = webhooks.values() if webhook_id is None else [webhooks.get(webhook_id, (0, 0))]
-            series.append(HourOutcomes(hour, sum(c[0] for c in picked), sum(c[1] for c in picked)))
-        return series
+        return hourly_series(await self.last_day(conn), webhook_id)
 
     async def per_webhook(self, conn: asyncpg.Connection) -> dict[int, Counts]:
         """Return each webhook's (succeeded, failed) over the 24 hours."""
-        totals: dict[int, Counts] = {}
-        for webhooks in (await self.last_day(conn)).values():
-            for webhook_id, (s, f) in webhooks.items():
-                old = totals.get(webhook_id, (0, 0))
-                totals[webhook_id] = (old[0] + s, old[1] + f)
-        return totals
+        return webhook_totals(await self.last_day(conn))
+
+
+def hourly_series(
+    day: dict[datetime, dict[int, Counts]], webhook_id: int | None
+) -> list[HourOutcomes]:
+    """One webhook's outcomes per hour of `day` (all webhooks' when None), oldest first."""
+    series = []
+    for hour, webhooks in sorted(day.items()):
+        picked = webhooks.values() if webhook_id is None else [webhooks.get(webhook_id, (0, 0))]
+        series.append(HourOutcomes(hour, sum(c[0] for c in picked), sum(c[1] for c in picked)))
+    return series
+
+
+def webhook_totals(day: Day) -> dict[int, Counts]:
+    """Each webhook's (succeeded, failed) summed over the hours of `day`."""
+    totals: dict[int, Counts] = {}
+    for webhooks in day.values():
+        for webhook_id, (s, f) in webhooks.items():
+            old = totals.get(webhook_id, (0, 0))
+            totals[webhook_id] = (old[0] + s, old[1] + f)
+    return totals
 
 
 async def queue_depth(conn: asyncpg.Connection) -> QueueDepth:

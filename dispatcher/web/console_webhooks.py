@@ -85,8 +85,9 @@ def failed_form(exc: ValidationError, values: Mapping[str, Any]) -> dict[str, An
 
 async def _list_context(conn: asyncpg.Connection, outcomes: OutcomeHistory) -> dict[str, Any]:
     # The row figures and the chart come from one count of finished deliveries, so they agree.
-    counts = await outcomes.per_webhook(conn)
-    series = await outcomes.hourly(conn, None)
+    day = await outcomes.last_day(conn)
+    counts = insights.webhook_totals(day)
+    series = insights.hourly_series(day, None)
     webhooks = []
     for row in await admin.list_webhooks(conn, None):
         succeeded, failed_count = counts.get(row["id"], (0, 0))
