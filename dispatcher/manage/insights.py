@@ -112,9 +112,7 @@ class OutcomeHistory:
         return webhook_totals(await self.last_day(conn))
 
 
-def hourly_series(
-    day: dict[datetime, dict[int, Counts]], webhook_id: int | None
-) -> list[HourOutcomes]:
+def hourly_series(day: Day, webhook_id: int | None) -> list[HourOutcomes]:
     """One webhook's outcomes per hour of `day` (all webhooks' when None), oldest first."""
     series = []
     for hour, webhooks in sorted(day.items()):
