@@ -12,7 +12,7 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,9 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-@pytest.fixture(scope="session")
-def server_dsn() -> Iterator[str]:
-    """An admin DSN: $DISPATCHER_TEST_DATABASE_URL, or a throwaway embedded server."""
+@contextmanager
+def database_server() -> Iterator[str]:
+    """Yield an admin DSN: $DISPATCHER_TEST_DATABASE_URL, or a throwaway embedded server."""
     url = os.environ.get("DISPATCHER_TEST_DATABASE_URL")
     if url:
         yield url
@@ -58,9 +58,17 @@ def server_dsn() -> Iterator[str]:
 
         tmp = Path(tempfile.mkdtemp(prefix="dispatcher-test-pg-"))
         server = get_server(tmp / "pgdata", cleanup_mode="delete")
-    yield server.get_uri("postgres")
-    server.cleanup()
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield server.get_uri("postgres")
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    with database_server() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

