@@ -20,6 +20,8 @@ _HEADER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
 _HOUR = 3600.0
+# The named retry policies a webhook may use (webhooks.retry_policy holds the same names).
+RETRY_POLICIES = ("schedule", "exponential")
 _DAY = 86400.0
 
 
@@ -33,6 +35,21 @@ class Settings:
     request_timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
     retry_schedule: tuple[float, ...] = (0, 0, 0, 30, 30, 30)
+    # The policy of webhooks without their own: 'schedule' (retry_schedule) or 'exponential'.
+    retry_policy: str = "schedule"
+    retry_exponential_base_s: float = 5.0
+    retry_exponential_max_s: float = 6 * 3600.0
+    retry_exponential_attempts: int = 15
+    retry_after_min_s: float = 1.0
+    retry_after_max_s: float = 3600.0
+    throttle_min_delay_s: float = 10.0
+    gone_disables_webhook: bool = True
+    breaker_threshold: int = 10
+    breaker_cooloff_s: float = 30.0
+    breaker_cooloff_max_s: float = 600.0
+    failing_after_s: float = 86400.0
+    auto_disable_after_s: float = 5 * 86400.0
+    auto_disable_min_attempts: int = 10
     max_in_flight: int = 128
     per_endpoint_concurrency: int = 16
     lease_batch_size: int = 100
@@ -189,6 +206,36 @@ def _validate(s: Settings) -> None:
         "must hold delays between 0 and 30 days (2592000 s)",
     )
     need(len(s.retry_schedule) <= 100, "retry_schedule", "must hold at most 100 delays")
+    need(
+        s.retry_policy in RETRY_POLICIES,
+        "retry_policy",
+        f"must be one of {', '.join(RETRY_POLICIES)}",
+    )
+    need(
+        0 < s.retry_exponential_base_s <= s.retry_exponential_max_s <= 30 * _DAY,
+        "retry_exponential_base_s",
+        "must be > 0 and at most retry_exponential_max_s (itself at most 30 days)",
+    )
+    need(
+        1 <= s.retry_exponential_attempts <= 100,
+        "retry_exponential_attempts",
+        "must be between 1 and 100",
+    )
+    need(
+        0 <= s.retry_after_min_s <= s.retry_after_max_s <= _DAY,
+        "retry_after_min_s",
+        "must be >= 0 and at most retry_after_max_s (itself at most 86400)",
+    )
+    need(0 <= s.throttle_min_delay_s <= _DAY, "throttle_min_delay_s", "must be between 0 and 86400")
+    need(s.breaker_threshold >= 1, "breaker_threshold", "must be at least 1")
+    need(
+        0 < s.breaker_cooloff_s <= s.breaker_cooloff_max_s <= _DAY,
+        "breaker_cooloff_s",
+        "must be > 0 and at most breaker_cooloff_max_s (itself at most 86400)",
+    )
+    need(s.failing_after_s >= 0, "failing_after_s", "must be 0 or more")
+    need(s.auto_disable_after_s >= 0, "auto_disable_after_s", "must be 0 or more")
+    need(s.auto_disable_min_attempts >= 1, "auto_disable_min_attempts", "must be at least 1")
     need(s.max_in_flight >= 1, "max_in_flight", "must be at least 1")
     need(s.per_endpoint_concurrency >= 1, "per_endpoint_concurrency", "must be at least 1")
     need(1 <= s.lease_batch_size <= 10000, "lease_batch_size", "must be between 1 and 10000")

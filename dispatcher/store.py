@@ -14,6 +14,9 @@ from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
+import orjson
+
+from dispatcher.settings import Settings
 
 APPLICATION_NAME = "webhook-dispatcher"
 
@@ -99,6 +102,7 @@ class LeasedDelivery:
     url: str
     secret: str
     previous_secret: str | None = None
+    retry_policy: str | None = None  # None: the daemon's default
 
 
 # Not frozen: a frozen dataclass builds five times slower, and one is built per attempt.
@@ -118,6 +122,32 @@ class OutcomeRow:
     response_truncated: bool
     error_kind: str | None
     error_message: str | None
+    webhook_id: int
+    retry_reason: str | None  # why this retry is when it is, or why there is none
+    breaker: bool  # a failure that counts toward the webhook's circuit breaker
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRules:
+    """The thresholds record_outcomes applies to each webhook's health row."""
+
+    breaker_threshold: int
+    breaker_cooloff_s: float
+    breaker_cooloff_max_s: float
+    failing_after_s: float
+    auto_disable_after_s: float
+    auto_disable_min_attempts: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> HealthRules:
+        return cls(
+            s.breaker_threshold,
+            s.breaker_cooloff_s,
+            s.breaker_cooloff_max_s,
+            s.failing_after_s,
+            s.auto_disable_after_s,
+            s.auto_disable_min_attempts,
+        )
 
 
 # Every daemon connection plans like an OLTP engine: index scans and nested loops only. Each hot
@@ -234,25 +264,46 @@ async def lease_batch(
         return Lease([], first["next_due_s"], first["next_cursor"])
     # By position, in the order of the query's SELECT list: a name lookup per column costs more.
     deliveries = [
-        LeasedDelivery(r[2], str(r[3]), r[4], r[5], token, r[6], r[7], r[8], r[9], r[10], r[11])
+        LeasedDelivery(
+            r[2], str(r[3]), r[4], r[5], token, r[6], r[7], r[8], r[9], r[10], r[11], r[12]
+        )
         for r in rows
     ]
     return Lease(deliveries, first["next_due_s"], first["next_cursor"])
 
 
-async def write_outcomes(db: Executor, outcomes: Sequence[OutcomeRow]) -> set[int]:
-    """Write a batch of outcomes in one statement; return the delivery ids still leased to us."""
-    columns: list[list[Any]] = [[] for _ in range(12)]
+async def write_outcomes(
+    db: Executor, outcomes: Sequence[OutcomeRow], rules: HealthRules
+) -> tuple[set[int], list[dict[str, Any]]]:
+    """Write a batch of outcomes in one statement.
+
+    Return the delivery ids still leased to us (the rest were refused), and the webhooks whose
+    health changed in a way the daemon acts on or reports (see record_outcomes).
+    """
+    columns: list[list[Any]] = [[] for _ in range(15)]
     for o in outcomes:
         for column, value in zip(columns, _outcome_values(o), strict=True):
             column.append(value)
-    written: list[int] = await db.fetchval(QUERIES["record_outcomes"], *columns)
-    return set(written)
+    row = await db.fetchrow(
+        QUERIES["record_outcomes"],
+        *columns,
+        rules.breaker_threshold,
+        rules.breaker_cooloff_s,
+        rules.breaker_cooloff_max_s,
+        rules.failing_after_s,
+        rules.auto_disable_after_s,
+        rules.auto_disable_min_attempts,
+    )
+    attention = orjson.loads(row["attention"]) if row["attention"] else []
+    return set(row["written"]), attention
 
 
-async def record_outcomes(db: Executor, outcomes: Sequence[OutcomeRow]) -> int:
+async def record_outcomes(
+    db: Executor, outcomes: Sequence[OutcomeRow], rules: HealthRules | None = None
+) -> int:
     """Write a batch of outcomes; return how many leases were still ours."""
-    return len(await write_outcomes(db, outcomes))
+    written, _ = await write_outcomes(db, outcomes, rules or HealthRules.from_settings(Settings()))
+    return len(written)
 
 
 def _outcome_values(o: OutcomeRow) -> tuple[Any, ...]:
@@ -269,6 +320,9 @@ def _outcome_values(o: OutcomeRow) -> tuple[Any, ...]:
         o.response_truncated,
         o.error_kind,
         o.error_message,
+        o.webhook_id,
+        o.retry_reason,
+        o.breaker,
     )
 
 
@@ -288,6 +342,12 @@ async def set_limit(pool: asyncpg.Pool, name: str, value: int) -> None:
 async def ping(pool: asyncpg.Pool) -> None:
     """Make one round trip through the pool; raise if the database does not answer."""
     await pool.fetchval(QUERIES["ping"])
+
+
+async def health_stats(pool: asyncpg.Pool) -> asyncpg.Record:
+    """Count webhooks whose breaker is open, and active webhooks failing now."""
+    row: asyncpg.Record = await pool.fetchrow(QUERIES["health_stats"])
+    return row
 
 
 async def queue_stats(pool: asyncpg.Pool) -> asyncpg.Record:

@@ -134,6 +134,10 @@ def fast_settings(**overrides: Any) -> Settings:
         "log_level": "warning",
         # The receivers are local: permit loopback, which the SSRF guard refuses by default.
         "allowed_networks": ("127.0.0.0/8",),
+        # Endpoint-health rules off unless a test turns them on: a retry after a 503 or a
+        # timeout waits no minimum, and no run of failures opens a breaker.
+        "throttle_min_delay_s": 0.0,
+        "breaker_threshold": 1_000_000,
     }
     base.update(overrides)
     return load_settings(env={}, overrides=base)

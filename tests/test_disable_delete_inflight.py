@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import orjson
@@ -243,10 +244,10 @@ async def test_a_flush_cancelled_at_shutdown_does_not_write_its_batch_twice(
     write_outcomes = store.write_outcomes
 
     async def commit_then_slow_reply(
-        conn: store.Executor, outcomes: Sequence[store.OutcomeRow]
-    ) -> set[int]:
+        conn: store.Executor, outcomes: Sequence[store.OutcomeRow], rules: store.HealthRules
+    ) -> tuple[set[int], list[dict[str, Any]]]:
         # The statement commits in PostgreSQL; its reply is still on its way to the client.
-        written = await write_outcomes(conn, outcomes)
+        written = await write_outcomes(conn, outcomes, rules)
         committed.set()
         await reply_arrives.wait()
         return written

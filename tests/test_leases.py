@@ -26,6 +26,9 @@ def succeeded(delivery: store.LeasedDelivery) -> OutcomeRow:
         response_truncated=False,
         error_kind=None,
         error_message=None,
+        webhook_id=delivery.webhook_id,
+        retry_reason=None,
+        breaker=False,
     )
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from dispatcher.daemon import RunStats, serve
-from dispatcher.delivery.retry import decide
+from dispatcher.delivery.retry import RetryPolicy
 from dispatcher.delivery.sender import Sender, create_session
 from dispatcher.settings import Settings
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
@@ -614,7 +614,14 @@ async def test_a_dns_failure_is_its_own_retryable_kind() -> None:
         "dns",
         None,
     )
-    assert decide(outcome.ok, outcome.retryable, 1, settings.retry_delays) == ("pending", 5.0)
+    decision = RetryPolicy.from_settings(settings).decide(
+        ok=outcome.ok,
+        retryable=outcome.retryable,
+        attempt=1,
+        response_status=outcome.response_status,
+        error_kind=outcome.error_kind,
+    )
+    assert (decision.status, decision.retry_in_s) == ("pending", 5.0)
 
 
 async def test_an_update_cannot_exceed_the_payload_cap(db: asyncpg.Pool) -> None:

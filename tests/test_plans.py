@@ -36,13 +36,14 @@ _PREPARE = {
     "lease_batch": "int, float8, bigint[], uuid, bigint[], int[], int, bigint, int",
     "record_outcomes": (
         "bigint[], uuid[], text[], float8[], int[], timestamptz[], int[], int[], text[],"
-        " bool[], text[], text[]"
+        " bool[], text[], text[], bigint[], text[], bool[], int, float8, float8, float8, float8,"
+        " int"
     ),
     "release_leases": "bigint[], uuid[]",
     "sweep_deliveries": "float8, int",
     "sweep_events": "float8, int, timestamptz, uuid",
 }
-_EMPTY_OUTCOMES = "'{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}'"
+_EMPTY_OUTCOMES = ", ".join(["'{}'"] * 15 + ["10", "30", "600", "86400", "432000", "10"])
 _EMPTY_ARGS = {
     "lease_batch": "1, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 1000",
     "record_outcomes": _EMPTY_OUTCOMES,
@@ -67,9 +68,10 @@ async def hot(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 async def load_backlog(c: asyncpg.Connection) -> int:
     """Fan out BACKLOG month-old events to one webhook, and add as many finished deliveries
     (with an attempt each) for a second webhook; return the second webhook's id."""
+    # A rate limit, so the lease's gate (a locked health row, tokens spent) is on the path.
     backlog = await c.fetchval(
-        "INSERT INTO dispatcher.webhooks (service_name, url, event_types)"
-        " VALUES ('big', 'https://big.example/', '{a}') RETURNING id"
+        "INSERT INTO dispatcher.webhooks (service_name, url, event_types, rate_limit)"
+        " VALUES ('big', 'https://big.example/', '{a}', 1000) RETURNING id"
     )
     history = await c.fetchval(
         "INSERT INTO dispatcher.webhooks (service_name, url, event_types)"
@@ -142,22 +144,28 @@ async def prepare_all(c: asyncpg.Connection) -> None:
 async def outcome_args(c: asyncpg.Connection, leased: list[store.LeasedDelivery]) -> str:
     """The arguments of record_outcomes for `leased`, as SQL literals for EXECUTE."""
     literal: str = await c.fetchval(
-        "SELECT format('%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L',"
+        "SELECT format('%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L',"
         " $1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],"
         " $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::bool[],"
-        " $11::text[], $12::text[])",
+        " $11::text[], $12::text[], $13::bigint[], $14::text[], $15::bool[])"
+        " || ', 5, 30, 600, 0, 0, 1'",
+        # Failures that count toward the breaker: the health rows are written too, the breaker
+        # opens, and every webhook is due for a failing report and a disable.
         [d.id for d in leased],
         [d.lease_token for d in leased],
-        ["succeeded"] * len(leased),
-        [0.0] * len(leased),
+        ["pending"] * len(leased),
+        [30.0] * len(leased),
         [d.attempt for d in leased],
         [datetime.now(UTC)] * len(leased),
         [5] * len(leased),
-        [200] * len(leased),
-        [None] * len(leased),
+        [503] * len(leased),
+        ["unavailable"] * len(leased),
         [False] * len(leased),
-        [None] * len(leased),
-        [None] * len(leased),
+        ["status"] * len(leased),
+        ["HTTP 503"] * len(leased),
+        [d.webhook_id for d in leased],
+        ["schedule"] * len(leased),
+        [True] * len(leased),
     )
     return literal
 

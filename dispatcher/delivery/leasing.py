@@ -162,7 +162,9 @@ class Leaser:
                     return
                 pause = self._poll_s
             elif lease.next_due_s > 0:
-                pause = min(self._poll_s, lease.next_due_s)
+                # At least _RECHECK_S: a rate-limited webhook's next token may be a millisecond
+                # away, and a lease per token would be a lease per request.
+                pause = min(self._poll_s, max(lease.next_due_s, _RECHECK_S))
             elif self._in_flight:
                 # Due rows it could not take: webhooks at their cap, whose next finished
                 # attempt wakes the loop, or rows another instance holds for a moment.

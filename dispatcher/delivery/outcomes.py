@@ -10,10 +10,17 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dispatcher import store
-from dispatcher.delivery.retry import decide
+from dispatcher.delivery.health import HealthKeeper
+from dispatcher.delivery.retry import Decision, RetryPolicy, counts_toward_breaker
 from dispatcher.delivery.sender import Outcome
 from dispatcher.settings import Settings
-from dispatcher.store import TRANSIENT_DB_ERRORS, DedicatedConnection, LeasedDelivery, OutcomeRow
+from dispatcher.store import (
+    TRANSIENT_DB_ERRORS,
+    DedicatedConnection,
+    HealthRules,
+    LeasedDelivery,
+    OutcomeRow,
+)
 
 if TYPE_CHECKING:
     from dispatcher.ops.metrics import Metrics, OutcomeTag
@@ -33,7 +40,9 @@ class OutcomeWriter:
     ) -> None:
         self._conn = conn
         self._metrics = metrics
-        self._schedule = settings.retry_delays
+        self._policy = RetryPolicy.from_settings(settings)
+        self._rules = HealthRules.from_settings(settings)
+        self._health = HealthKeeper(settings, metrics)
         self._interval = settings.flush_interval_s
         self._max = settings.flush_max_outcomes
         self._on_retry_due = on_retry_due
@@ -48,9 +57,22 @@ class OutcomeWriter:
         return len(self._buffer)
 
     def add(self, delivery: LeasedDelivery, outcome: Outcome) -> OutcomeRow:
-        status, retry_in_s = decide(outcome.ok, outcome.retryable, delivery.attempt, self._schedule)
+        decision = self._policy.decide(
+            ok=outcome.ok,
+            retryable=outcome.retryable,
+            attempt=delivery.attempt,
+            response_status=outcome.response_status,
+            error_kind=outcome.error_kind,
+            retry_after_s=outcome.retry_after_s,
+            policy=delivery.retry_policy,
+        )
         row = outcome_row(
-            delivery.id, delivery.lease_token, delivery.attempt, outcome, status, retry_in_s
+            delivery.id,
+            delivery.lease_token,
+            delivery.attempt,
+            outcome,
+            decision,
+            delivery.webhook_id,
         )
         self._buffer.append(row)
         if self._metrics is not None:
@@ -89,7 +111,8 @@ class OutcomeWriter:
         async with self._lock:
             while self._buffer:
                 batch = self._buffer[: self._max]
-                written = await store.write_outcomes(await self._conn.get(), batch)
+                conn = await self._conn.get()
+                written, attention = await store.write_outcomes(conn, batch, self._rules)
                 del self._buffer[: len(batch)]
                 tags = self._tags[: len(batch)]
                 del self._tags[: len(batch)]
@@ -104,6 +127,13 @@ class OutcomeWriter:
                 if self._metrics is not None:
                     self._metrics.database_ok()
                     self._metrics.outcomes_written(batch, tags, rejected=rejected)
+                gone = [
+                    r.webhook_id
+                    for r in batch
+                    if r.retry_reason == "gone" and r.delivery_id in written
+                ]
+                if gone or attention:
+                    await self._health.act(conn, gone, attention)
             self._arrived.clear()
 
 
@@ -112,15 +142,15 @@ def outcome_row(
     lease_token: uuid.UUID,
     attempt: int,
     outcome: Outcome,
-    status: str,
-    retry_in_s: float = 0.0,
+    decision: Decision,
+    webhook_id: int,
 ) -> OutcomeRow:
     """Describe an attempt's outcome as the row record_outcomes writes."""
     return OutcomeRow(
         delivery_id=delivery_id,
         lease_token=lease_token,
-        status=status,
-        retry_in_s=retry_in_s,
+        status=decision.status,
+        retry_in_s=decision.retry_in_s,
         attempt=attempt,
         started_at=outcome.started_at,
         duration_ms=outcome.duration_ms,
@@ -129,6 +159,10 @@ def outcome_row(
         response_truncated=outcome.response_truncated,
         error_kind=outcome.error_kind,
         error_message=outcome.error_message,
+        webhook_id=webhook_id,
+        retry_reason=decision.reason,
+        breaker=not outcome.ok
+        and counts_toward_breaker(outcome.response_status, outcome.error_kind),
     )
 
 

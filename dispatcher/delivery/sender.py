@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from dispatcher.delivery.netguard import (
     guarded_socket_factory,
     is_blocked,
 )
+from dispatcher.delivery.retry import RETRY_AFTER_STATUSES
 from dispatcher.delivery.signing import secret_key, sign
 from dispatcher.settings import Settings
 
@@ -45,6 +47,8 @@ class Outcome:
     error_kind: str | None = None
     error_message: str | None = None
     response_headers: tuple[tuple[str, str], ...] | None = None
+    # Seconds a 429 or 503 asked the sender to wait (its Retry-After header), if it said.
+    retry_after_s: float | None = None
 
 
 def safe_text(raw: bytes | str, limit: int | None = None) -> str:
@@ -192,6 +196,11 @@ class Sender:
                 read = read_ok_body or not 200 <= status < 300
                 raw, truncated = await self._read_capped(resp) if read else (b"", False)
                 location = resp.headers.get("Location")
+                retry_after = (
+                    parse_retry_after(resp.headers.get("Retry-After"))
+                    if status in RETRY_AFTER_STATUSES
+                    else None
+                )
                 response_headers = (
                     tuple((safe_text(k), safe_text(v)) for k, v in resp.headers.items())
                     if capture_headers
@@ -217,6 +226,7 @@ class Sender:
             error_kind=None if ok else "status",
             error_message=None if message is None else safe_text(message, 1000),
             response_headers=response_headers,
+            retry_after_s=retry_after,
         )
 
     def _refuse_blocked_literal(self, url: str) -> None:
@@ -279,6 +289,27 @@ def _inflate(decoder: Any, data: bytes, limit: int) -> tuple[bytes, Any, bool]:
         out += decoder.decompress(rest, limit - len(out))
     left = bool(decoder.unconsumed_tail) or (decoder.eof and bool(decoder.unused_data))
     return out, decoder, left
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Read a Retry-After header as seconds from now: delta-seconds or an HTTP-date.
+
+    Anything else (empty, negative, a malformed date) is None: the header is advice, and a
+    hostile or broken endpoint must not make the sender fail or wait for ever (the caller
+    clamps what is returned).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(min(int(text), 10**9))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate leaves "-0000" naive
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def failed(exc: BaseException, started_at: datetime, duration_ms: int) -> Outcome:

@@ -13,10 +13,12 @@ import asyncpg
 
 from dispatcher import store
 from dispatcher.delivery.outcomes import outcome_row
+from dispatcher.delivery.retry import SUCCEEDED, Decision
 from dispatcher.delivery.sender import Outcome, Sender, Signer, build_body, create_session
 from dispatcher.manage import admin
 from dispatcher.manage.validation import check_event_type, parse_json
 from dispatcher.settings import Settings
+from dispatcher.store import HealthRules
 
 GENERIC_TEST_PAYLOAD = '{"test": true, "message": "This is a test event from webhook-dispatcher."}'
 SECRET_SHOWN_AS = "whsec_… (the webhook's secret; `webhooks show` prints it)"
@@ -114,9 +116,12 @@ async def send_test(
         outcome = await Sender(settings, session).send(
             webhook["url"], headers, body, capture_headers=True
         )
-    status = "succeeded" if outcome.ok else "failed"
+    # A test is one attempt, never retried; its outcome counts toward the webhook's health like
+    # any other (a success closes an open breaker).
+    decision = SUCCEEDED if outcome.ok else Decision("failed", 0.0, None)
+    row = outcome_row(delivery_id, token, 1, outcome, decision, webhook["id"])
     async with _connection(db) as conn:
-        await store.record_outcomes(conn, [outcome_row(delivery_id, token, 1, outcome, status)])
+        await store.record_outcomes(conn, [row], HealthRules.from_settings(settings))
     shown = [
         (name, SECRET_SHOWN_AS if name == settings.secret_header else value)
         for name, value in headers.items()

@@ -109,6 +109,41 @@ class Metrics:
             ("operation",),
             registry=r,
         )
+        self._breaker_changes = Counter(
+            "dispatcher_breaker_changes",
+            "Circuit breaker changes seen by this process: opened, reopened (a probe failed),"
+            " closed.",
+            ("change",),
+            registry=r,
+        )
+        self._webhooks_disabled = Counter(
+            "dispatcher_webhooks_disabled",
+            "Webhooks this process disabled, by reason: gone (HTTP 410), failing (auto-disable).",
+            ("reason",),
+            registry=r,
+        )
+        self._operator_events = Counter(
+            "dispatcher_operator_events",
+            "Operator events this process published, by type.",
+            ("type",),
+            registry=r,
+        )
+        self._retries = Counter(
+            "dispatcher_retries_scheduled",
+            "Retries scheduled, by what chose the delay: schedule, retry_after, throttle.",
+            ("reason",),
+            registry=r,
+        )
+        self.breakers_open = Gauge(
+            "dispatcher_webhooks_breaker_open",
+            "Webhooks whose circuit breaker is open now (all instances).",
+            registry=r,
+        )
+        self.webhooks_failing = Gauge(
+            "dispatcher_webhooks_failing",
+            "Active webhooks whose last attempt failed (all instances).",
+            registry=r,
+        )
         self.draining = False
         self._database_ok_at = -math.inf
         self._database_failed_at = -math.inf
@@ -127,6 +162,15 @@ class Metrics:
         ok_at = self._database_ok_at
         return ok_at > self._database_failed_at and time.monotonic() - ok_at < _FRESH_S
 
+    def breaker_changed(self, change: str) -> None:
+        self._breaker_changes.labels(change).inc()
+
+    def webhook_disabled(self, reason: str) -> None:
+        self._webhooks_disabled.labels(reason).inc()
+
+    def operator_event(self, event_type: str) -> None:
+        self._operator_events.labels(event_type).inc()
+
     def leased(self, rows: int) -> None:
         """Record one lease statement that returned `rows` rows."""
         self.lease_batch_size.observe(rows)
@@ -144,6 +188,7 @@ class Metrics:
         (outcome, webhook) in the batch rather than once per attempt.
         """
         counts: collections.Counter[tuple[str, int]] = collections.Counter()
+        retries: collections.Counter[str | None] = collections.Counter()
         observe_duration = self.attempt_duration.observe
         observe_lag = self.delivery_lag.observe
         for row, (webhook_id, created_at) in zip(rows, tags, strict=True):
@@ -156,6 +201,10 @@ class Metrics:
                     lag = (row.started_at - created_at).total_seconds() + row.duration_ms / 1000
                     observe_lag(max(lag, 0.0))
             counts[outcome, webhook_id] += 1
+            if outcome == "retry":
+                retries[row.retry_reason] += 1
+        for reason, n in retries.items():
+            self._retries.labels(reason or "schedule").inc(n)
         children = self._delivery_children
         for key, n in counts.items():
             child = children.get(key)
@@ -225,6 +274,13 @@ async def refresh_queue_gauges(pool: asyncpg.Pool, metrics: Metrics) -> None:
             metrics.database_error("queue_stats")
         else:
             metrics.queue(row["due_now"], row["scheduled"], row["oldest_due_s"])
+        try:
+            health = await store.health_stats(pool)
+        except TRANSIENT_DB_ERRORS:
+            metrics.database_error("health_stats")
+        else:
+            metrics.breakers_open.set(health["breakers_open"])
+            metrics.webhooks_failing.set(health["failing"])
         await asyncio.sleep(max(QUEUE_REFRESH_S, 20 * (time.monotonic() - started)))
 
 

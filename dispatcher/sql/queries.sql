@@ -27,13 +27,46 @@ WITH RECURSIVE heads AS (
         ORDER BY d.webhook_id, d.run_at, d.id
         LIMIT 1) nxt
     WHERE h.visited < $9
-), eligible AS (
-    -- Webhooks with due work and a free slot here.
-    SELECT h.webhook_id, h.run_at AS head, h.id AS head_id, coalesce(busy.free, $7::int) AS free
+), due AS (
+    -- The heads due now, with their webhook's gate read by primary key: a rate limit, or a
+    -- circuit breaker (open until breaker_until, then ready for one probe).
+    SELECT h.webhook_id, h.run_at AS head, h.id AS head_id, g.rate_limit, g.breaker_until
     FROM heads h
-    LEFT JOIN unnest($5::bigint[], $6::int[]) AS busy(webhook_id, free)
-      ON busy.webhook_id = h.webhook_id
+    LEFT JOIN LATERAL (SELECT g.rate_limit, g.breaker_until
+                       FROM dispatcher.webhook_health g
+                       WHERE g.webhook_id = h.webhook_id LIMIT 1) g ON true
     WHERE h.run_at <= now() AND h.webhook_id <> ALL ($3::bigint[])
+), gates AS (
+    -- Lock the gate of each due webhook that has one and may send now: its tokens are spent,
+    -- or its probe claimed, in `spent` below. SKIP LOCKED: another instance is doing that this
+    -- moment, and this lease leaves the webhook alone. A breaker reopened since `due` read it
+    -- is read again here, and excluded.
+    SELECT g.webhook_id, g.breaker_until,
+           -- The bucket refilled to now; it holds a second's worth at most (one token at least).
+           CASE WHEN g.rate_limit IS NOT NULL THEN
+               least(greatest(g.rate_limit, 1),
+                     coalesce(g.tokens + g.rate_limit
+                                  * extract(epoch FROM now() - g.tokens_at)::float8,
+                              greatest(g.rate_limit, 1)))
+           END AS tokens
+    FROM dispatcher.webhook_health g
+    WHERE g.webhook_id = ANY (ARRAY(SELECT d.webhook_id FROM due d
+                                    WHERE d.rate_limit IS NOT NULL
+                                       OR d.breaker_until IS NOT NULL))
+      AND (g.breaker_until IS NULL OR g.breaker_until <= now())
+    FOR UPDATE SKIP LOCKED
+), eligible AS (
+    -- Webhooks with due work and a free slot here, with how many rows each may take: its free
+    -- slots, its whole tokens, and a single probe when its breaker is ready for one.
+    SELECT d.webhook_id, d.head, d.head_id,
+           least(coalesce(busy.free, $7::int),
+                 CASE WHEN gt.breaker_until IS NOT NULL THEN 1 END,
+                 floor(gt.tokens)::int) AS free
+    FROM due d
+    LEFT JOIN gates gt ON gt.webhook_id = d.webhook_id
+    LEFT JOIN unnest($5::bigint[], $6::int[]) AS busy(webhook_id, free)
+      ON busy.webhook_id = d.webhook_id
+    WHERE (d.rate_limit IS NULL AND d.breaker_until IS NULL) OR gt.webhook_id IS NOT NULL
 ), candidates AS (
     -- Each eligible webhook's oldest due rows from its own index range, starting at its head
     -- (the scan seeks past index entries of rows leased or finished since the last vacuum): no
@@ -70,11 +103,37 @@ WITH RECURSIVE heads AS (
         attempts = d.attempts + 1
     WHERE d.id = ANY (ARRAY(SELECT id FROM chosen))
     RETURNING d.id, d.message_id, d.webhook_id, d.attempts
+), spent AS (
+    -- On the gate rows locked above: spend the tokens taken, and claim the probe sent. The
+    -- probe holds the breaker for its lease; if its outcome never comes (a crash), another
+    -- probe goes when that lease would have expired.
+    UPDATE dispatcher.webhook_health g
+    SET tokens = coalesce(gt.tokens - coalesce(n.taken, 0), g.tokens),
+        tokens_at = CASE WHEN gt.tokens IS NULL THEN g.tokens_at ELSE now() END,
+        throttled_at = CASE WHEN gt.tokens - coalesce(n.taken, 0) < 1 THEN now()
+                            ELSE g.throttled_at END,
+        breaker_until = CASE WHEN gt.breaker_until IS NOT NULL AND n.taken > 0
+                             THEN now() + make_interval(secs => $2::float8)
+                             ELSE g.breaker_until END,
+        probe_delivery_id = CASE WHEN gt.breaker_until IS NOT NULL AND n.taken > 0
+                                 THEN n.first_id ELSE g.probe_delivery_id END
+    FROM gates gt
+    LEFT JOIN (SELECT l.webhook_id, count(*)::int AS taken, min(l.id) AS first_id
+               FROM leased l GROUP BY l.webhook_id) n ON n.webhook_id = gt.webhook_id
+    WHERE g.webhook_id = ANY (ARRAY(SELECT webhook_id FROM gates))
+      AND g.webhook_id = gt.webhook_id
 ), scan AS (
     -- What the loop needs to decide when to lease next, from the heads already read: seconds
-    -- until the earliest head (NULL when nothing is pending; leased rows count, due when their
-    -- lease expires), and where the next lease resumes when this one stopped at $9 webhooks.
-    SELECT (SELECT extract(epoch FROM min(h.run_at) - now())::float8 FROM heads h) AS next_due_s,
+    -- until the earliest head can go (NULL when nothing is pending; leased rows count, due
+    -- when their lease expires; an open breaker's rows when it may probe; a rate-limited
+    -- webhook's when its next token comes), and where the next lease resumes when this one
+    -- stopped at $9 webhooks.
+    SELECT (SELECT extract(epoch FROM min(
+                CASE WHEN d.breaker_until > now() THEN d.breaker_until
+                     WHEN d.rate_limit IS NOT NULL
+                     THEN now() + make_interval(secs => 1.0 / d.rate_limit)
+                     ELSE h.run_at END) - now())::float8
+            FROM heads h LEFT JOIN due d ON d.webhook_id = h.webhook_id) AS next_due_s,
            (SELECT CASE WHEN count(*) >= $9 THEN max(h.webhook_id) ELSE 0 END
             FROM heads h) AS next_cursor
 )
@@ -82,7 +141,7 @@ WITH RECURSIVE heads AS (
 SELECT s.next_due_s, s.next_cursor, l.id, l.message_id, l.webhook_id, l.attempts, e.event_type,
        e.payload::text AS payload, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END
-           AS previous_secret
+           AS previous_secret, w.retry_policy
 FROM scan s
 LEFT JOIN (leased l
            -- LIMIT 1 keeps each lookup a subquery run once per leased row by primary key: as
@@ -91,22 +150,29 @@ LEFT JOIN (leased l
                                FROM dispatcher.events e
                                WHERE e.message_id = l.message_id LIMIT 1) e
            CROSS JOIN LATERAL (SELECT w.url, w.secret, w.previous_secret,
-                                      w.previous_secret_expires_at
+                                      w.previous_secret_expires_at, w.retry_policy
                                FROM dispatcher.webhooks w
                                WHERE w.id = l.webhook_id LIMIT 1) w) ON true;
 
 -- name: record_outcomes
--- One row per finished attempt, as parallel arrays. A row whose lease token no longer matches
--- (the lease expired and another worker took it, or the webhook was disabled) changes nothing.
+-- One row per finished attempt, as parallel arrays ($1-$15). A row whose lease token no longer
+-- matches (the lease expired and another worker took it, or the webhook was disabled) changes
+-- nothing. The same statement keeps each webhook's health row: its failure streak and its
+-- circuit breaker ($16 failures to open it, $17 the first cool-off, doubling up to $18). It
+-- returns the deliveries written and, as JSON, the webhooks whose health needs the daemon's
+-- attention: a breaker opened or closed, or a streak old enough to be reported ($19 s) or to
+-- disable the webhook ($20 s and $21 attempts), or a reported streak that has ended.
 WITH o AS MATERIALIZED (
-    -- Unnested once: however the join below is planned, a rescan reads this in memory.
+    -- Unnested once: however the join below is planned, a rescan reads this in memory. The
+    -- ordinality is the order the attempts finished in, which a streak depends on.
     SELECT *
     FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],
                 $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::bool[],
-                $11::text[], $12::text[])
+                $11::text[], $12::text[], $13::bigint[], $14::text[], $15::bool[])
+      WITH ORDINALITY
       AS o(delivery_id, lease_token, status, retry_in_s, attempt,
            started_at, duration_ms, response_status, response_body, response_truncated,
-           error_kind, error_message)
+           error_kind, error_message, webhook_id, retry_reason, breaker, ord)
 ), updated AS (
     UPDATE dispatcher.deliveries d
     SET status = o.status,
@@ -128,14 +194,104 @@ WITH o AS MATERIALIZED (
 ), logged AS (
     INSERT INTO dispatcher.attempts (delivery_id, attempt, started_at, duration_ms,
                                      response_status, response_body, response_truncated,
-                                     error_kind, error_message)
+                                     error_kind, error_message, retry_in_s, retry_reason)
     SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.response_status,
-           u.response_body, u.response_truncated, u.error_kind, u.error_message
+           u.response_body, u.response_truncated, u.error_kind, u.error_message,
+           CASE WHEN u.status = 'pending' THEN u.retry_in_s END, u.retry_reason
     FROM updated u
     RETURNING delivery_id
+), marks AS (
+    -- Per webhook, where its last success and its last outcome that is not a breaker failure
+    -- (a success, or an answer such as a 4xx) fall in the batch.
+    SELECT u.webhook_id,
+           coalesce(max(u.ord) FILTER (WHERE u.status = 'succeeded'), 0) AS last_ok,
+           coalesce(max(u.ord) FILTER (WHERE NOT u.breaker), 0) AS last_reset
+    FROM updated u
+    GROUP BY u.webhook_id
+), batch AS (
+    -- What the batch adds to each webhook's streaks: failures after its last success, breaker
+    -- failures after its last other outcome; 0 marks "none in this batch".
+    SELECT m.webhook_id, m.last_ok > 0 AS any_ok, m.last_reset > 0 AS any_reset,
+           count(*) FILTER (WHERE u.status <> 'succeeded' AND u.ord > m.last_ok) AS failures,
+           min(u.started_at) FILTER (WHERE u.status <> 'succeeded' AND u.ord > m.last_ok)
+               AS first_failure_at,
+           max(u.started_at) FILTER (WHERE u.status <> 'succeeded') AS last_failure_at,
+           (array_agg(coalesce(u.error_message, 'HTTP ' || u.response_status) ORDER BY u.ord DESC)
+               FILTER (WHERE u.status <> 'succeeded'))[1] AS last_error,
+           count(*) FILTER (WHERE u.breaker AND u.ord > m.last_reset) AS breaker_failures,
+           array_agg(u.delivery_id) AS ids,
+           coalesce(array_agg(u.delivery_id) FILTER (WHERE u.status <> 'succeeded'), '{}')
+               AS failed_ids
+    FROM updated u
+    JOIN marks m ON m.webhook_id = u.webhook_id
+    GROUP BY m.webhook_id, m.last_ok, m.last_reset
+), health AS (
+    -- Every expression reads the row as it is now (h), not as this statement's snapshot saw
+    -- it, so a lease that spent tokens or claimed a probe meanwhile is not undone. `was` is
+    -- that snapshot, for reporting what changed. A breaker opens at $16 breaker failures in a
+    -- row, reopens for a longer cool-off when its probe fails, and closes on any other outcome.
+    UPDATE dispatcher.webhook_health h
+    SET consecutive_failures
+            = CASE WHEN b.any_ok THEN 0 ELSE h.consecutive_failures END + b.failures,
+        first_failure_at = CASE WHEN b.any_ok OR h.first_failure_at IS NULL
+                                THEN b.first_failure_at ELSE h.first_failure_at END,
+        last_failure_at = coalesce(b.last_failure_at, h.last_failure_at),
+        last_error = coalesce(b.last_error, h.last_error),
+        breaker_failures
+            = CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures,
+        breaker_until = CASE
+            WHEN CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures
+                 < $16::int THEN NULL
+            WHEN h.breaker_until IS NULL OR h.probe_delivery_id = ANY (b.failed_ids)
+            THEN now() + make_interval(
+                secs => least($18::float8, $17::float8 * 2 ^ least(h.breaker_trips, 30)))
+            ELSE h.breaker_until END,
+        breaker_trips = CASE
+            WHEN CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures
+                 < $16::int THEN 0
+            WHEN h.breaker_until IS NULL OR h.probe_delivery_id = ANY (b.failed_ids)
+            THEN h.breaker_trips + 1
+            ELSE h.breaker_trips END,
+        breaker_opened_at = CASE
+            WHEN CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures
+                 < $16::int THEN NULL
+            WHEN h.breaker_until IS NULL THEN now()
+            ELSE h.breaker_opened_at END,
+        probe_delivery_id = CASE WHEN h.probe_delivery_id = ANY (b.ids) THEN NULL
+                                 ELSE h.probe_delivery_id END
+    FROM batch b, dispatcher.webhook_health was
+    WHERE h.webhook_id = ANY (ARRAY(SELECT webhook_id FROM batch))
+      AND h.webhook_id = b.webhook_id AND was.webhook_id = b.webhook_id
+      -- A success for a healthy webhook, the common case, writes nothing.
+      AND (b.failures > 0 OR h.consecutive_failures > 0 OR h.breaker_failures > 0
+           OR h.breaker_until IS NOT NULL OR h.failing_since IS NOT NULL)
+    RETURNING h.webhook_id, h.consecutive_failures, h.first_failure_at, h.last_error,
+              h.breaker_until, h.breaker_trips, h.failing_since,
+              was.breaker_until AS was_breaker_until, was.breaker_trips AS was_breaker_trips
+), attention AS (
+    SELECT jsonb_build_object(
+               'webhook_id', x.webhook_id,
+               'consecutive_failures', x.consecutive_failures,
+               'last_error', x.last_error,
+               'breaker_until', x.breaker_until,
+               'breaker_trips', x.breaker_trips,
+               'opened', x.breaker_until IS NOT NULL AND x.was_breaker_until IS NULL,
+               'reopened', x.was_breaker_until IS NOT NULL
+                           AND x.breaker_trips > x.was_breaker_trips,
+               'closed', x.breaker_until IS NULL AND x.was_breaker_until IS NOT NULL,
+               'recovered', x.consecutive_failures = 0 AND x.failing_since IS NOT NULL,
+               'failing', x.consecutive_failures > 0 AND x.failing_since IS NULL
+                          AND x.first_failure_at <= now() - make_interval(secs => $19::float8),
+               'disable', x.consecutive_failures >= $21::int
+                          AND x.first_failure_at <= now() - make_interval(secs => $20::float8)
+           ) AS item
+    FROM health x
 )
--- The deliveries whose outcome was written; the rest of the batch was refused.
-SELECT coalesce(array_agg(delivery_id), '{}') FROM logged;
+SELECT (SELECT coalesce(array_agg(delivery_id), '{}') FROM logged) AS written,
+       (SELECT jsonb_agg(a.item)::text FROM attention a
+        WHERE (a.item ->> 'opened')::bool OR (a.item ->> 'reopened')::bool
+           OR (a.item ->> 'closed')::bool OR (a.item ->> 'recovered')::bool
+           OR (a.item ->> 'failing')::bool OR (a.item ->> 'disable')::bool) AS attention;
 
 -- name: release_leases
 -- Hand back leased rows that were never attempted: due at once, and the attempt not counted.
@@ -198,3 +354,53 @@ SELECT (SELECT count(*) FROM deleted) AS deleted,
        (SELECT count(*) FROM examined) AS examined,
        (SELECT created_at FROM last) AS last_created_at,
        (SELECT message_id FROM last) AS last_message_id;
+
+-- name: disable_unhealthy_webhook
+-- Disable webhook $1 for reason $2: 'gone' (it answered 410) at once; 'failing' only when its
+-- streak still qualifies ($3 seconds old, $4 attempts). The disable trigger cancels its pending
+-- deliveries. Returns nothing when it was already disabled, or has recovered meanwhile, so of
+-- several instances only one disables it and reports it.
+UPDATE dispatcher.webhooks w
+SET status = 'disabled', disabled_reason = $2, disabled_at = now()
+FROM dispatcher.webhook_health h
+WHERE w.id = $1 AND h.webhook_id = w.id AND w.status = 'active'
+  AND ($2 = 'gone'
+       OR (h.consecutive_failures >= $4::int
+           AND h.first_failure_at <= now() - make_interval(secs => $3::float8)))
+RETURNING w.id AS webhook_id, w.service_name, w.url, w.disabled_reason AS reason,
+          h.first_failure_at, h.last_error, h.consecutive_failures, w.disabled_at;
+
+-- name: mark_failing
+-- Record that webhook $1's streak (older than $2 seconds) is being reported, once per streak.
+UPDATE dispatcher.webhook_health h
+SET failing_since = h.first_failure_at
+FROM dispatcher.webhooks w
+WHERE h.webhook_id = $1 AND w.id = h.webhook_id AND w.status = 'active'
+  AND h.failing_since IS NULL AND h.consecutive_failures > 0
+  AND h.first_failure_at <= now() - make_interval(secs => $2::float8)
+RETURNING h.webhook_id, w.service_name, w.url, h.failing_since, h.consecutive_failures,
+          h.last_error;
+
+-- name: mark_recovered
+-- End the report of webhook $1's streak once a success has ended the streak itself.
+WITH reported AS (
+    SELECT h.webhook_id, h.failing_since
+    FROM dispatcher.webhook_health h
+    WHERE h.webhook_id = $1 AND h.failing_since IS NOT NULL AND h.consecutive_failures = 0
+    FOR UPDATE
+)
+UPDATE dispatcher.webhook_health h
+SET failing_since = NULL
+FROM reported r, dispatcher.webhooks w
+WHERE h.webhook_id = r.webhook_id AND w.id = r.webhook_id
+RETURNING h.webhook_id, w.service_name, w.url, r.failing_since, now() AS recovered_at;
+
+-- name: publish_event
+SELECT dispatcher.publish($1, $2::jsonb);
+
+-- name: health_stats
+-- For the metrics gauges: one row per webhook, so a scan of the health table is right here.
+SELECT count(*) FILTER (WHERE h.breaker_until > now()) AS breakers_open,
+       count(*) FILTER (WHERE h.consecutive_failures > 0 AND w.status = 'active') AS failing
+FROM dispatcher.webhook_health h
+JOIN dispatcher.webhooks w ON w.id = h.webhook_id;
