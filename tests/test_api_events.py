@@ -30,7 +30,13 @@ async def count(db: asyncpg.Pool, table: str) -> int:
 
 
 async def test_event_types_add_list_remove(api: Api, db: asyncpg.Pool, cli: Cli) -> None:
-    assert await api.ok("GET", f"{V1}/event-types") == {"event_types": []}
+    listed = await api.ok("GET", f"{V1}/event-types")
+    assert listed["event_types"] == []
+    assert [t["name"] for t in listed["builtin_event_types"]] == [
+        "dispatcher.webhook.disabled",
+        "dispatcher.webhook.failing",
+        "dispatcher.webhook.recovered",
+    ]
     added = await api.ok(
         "POST",
         f"{V1}/event-types",

@@ -61,10 +61,19 @@ def shown(value: datetime) -> str:
 
 # --- event-types ------------------------------------------------------------------------
 
+BUILTIN_TYPES = (
+    "\n"
+    "Built in, published by the daemon; a webhook gets them only by naming them:\n"
+    "NAME                          WEBHOOKS\n"
+    "dispatcher.webhook.disabled   0\n"
+    "dispatcher.webhook.failing    0\n"
+    "dispatcher.webhook.recovered  0\n"
+)
+
 
 async def test_event_types_add_list_remove(cli: Cli, db: asyncpg.Pool) -> None:
     assert await cli.ok("event-types", "list") == (
-        "The catalog is empty: webhooks may subscribe to any event type.\n"
+        "The catalog is empty: webhooks may subscribe to any event type.\n" + BUILTIN_TYPES
     )
     assert await cli.json("event-types", "list") == []
 
@@ -92,7 +101,7 @@ async def test_event_types_add_list_remove(cli: Cli, db: asyncpg.Pool) -> None:
     assert await cli.ok("event-types", "list") == (
         "NAME              DESCRIPTION         WEBHOOKS  SAMPLE\n"
         'customer.updated  A customer changed  2         {"id": 1}\n'
-        "invoice.paid                          0         -\n"
+        "invoice.paid                          0         -\n" + BUILTIN_TYPES
     )
     listed = await cli.json("event-types", "list")
     assert [(e["name"], e["description"], e["sample"], e["webhooks"], list(e)) for e in listed] == [

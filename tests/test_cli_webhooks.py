@@ -22,6 +22,11 @@ WEBHOOK_FIELDS = [
     "status",
     "created_at",
     "updated_at",
+    "rate_limit",
+    "retry_policy",
+    "disabled_reason",
+    "disabled_at",
+    "health",
 ]
 LIST_FIELDS = [
     "id",
@@ -145,7 +150,13 @@ async def test_add_json_has_the_stable_fields_and_no_secret(cli: Cli, db: asyncp
         "status": "active",
         "created_at": data["created_at"],
         "updated_at": data["updated_at"],
+        "rate_limit": None,
+        "retry_policy": None,
+        "disabled_reason": None,
+        "disabled_at": None,
+        "health": data["health"],
     }
+    assert data["health"]["state"] == "ok"
     assert datetime.fromisoformat(data["created_at"]) == row["created_at"]
     assert datetime.fromisoformat(data["updated_at"]) == row["updated_at"]
     secret = row["secret"]
@@ -192,10 +203,14 @@ async def test_list_human_shows_counts_of_the_last_24_hours(cli: Cli, db: asyncp
     )
 
     assert await cli.ok("webhooks", "list") == (
-        "ID  NAME     URL                      STATUS    EVENTS  DELIVERIES 24H  FAILED 24H\n"
-        "1   Zapier   https://zap.example/in   active    2       3               0\n"
-        "2   Billing  https://bill.example/in  active    1       3               2\n"
-        "3   Off      https://off.example/in   disabled  1       0               0\n"
+        "ID  NAME     URL                      STATUS    EVENTS  DELIVERIES 24H  FAILED 24H"
+        "  SUCCESS 24H  HEALTH\n"
+        "1   Zapier   https://zap.example/in   active    2       3               0           -"
+        "            ok\n"
+        "2   Billing  https://bill.example/in  active    1       3               2           0.0%"
+        "         ok\n"
+        "3   Off      https://off.example/in   disabled  1       0               0           -"
+        "            disabled\n"
     )
 
 
@@ -281,7 +296,14 @@ async def test_list_json_has_every_documented_webhook_field(cli: Cli, db: asyncp
 
     [item] = await cli.json("webhooks", "list")
 
-    assert set(item) == {*WEBHOOK_FIELDS, "event_type_count", "deliveries_24h", "failed_24h"}
+    assert set(item) == {
+        *WEBHOOK_FIELDS,
+        "event_type_count",
+        "deliveries_24h",
+        "failed_24h",
+        "succeeded_24h",
+        "success_rate_24h",
+    }
     assert item["description"] == "CRM sync"
     assert datetime.fromisoformat(item["created_at"]) == row["created_at"]
     assert datetime.fromisoformat(item["updated_at"]) == row["updated_at"]
@@ -305,15 +327,25 @@ async def test_show_human_prints_every_detail_and_the_secret(cli: Cli, db: async
     )
     row = await webhook_row(db, 1)
     assert await cli.ok("webhooks", "show", "1") == (
-        "id:          1\n"
-        "name:        Zapier\n"
-        "url:         https://zap.example/in\n"
-        "description: CRM sync\n"
-        "status:      active\n"
-        "events:      a.b, c.d\n"
-        f"secret:      {row['secret']}\n"
-        f"created:     {shown(row['created_at'])}\n"
-        f"updated:     {shown(row['updated_at'])}\n"
+        "id:           1\n"
+        "name:         Zapier\n"
+        "url:          https://zap.example/in\n"
+        "description:  CRM sync\n"
+        "status:       active\n"
+        "events:       a.b, c.d\n"
+        "rate limit:   none\n"
+        "retry policy: default (the daemon's retry_policy)\n"
+        f"secret:       {row['secret']}\n"
+        f"created:      {shown(row['created_at'])}\n"
+        f"updated:      {shown(row['updated_at'])}\n"
+        "\n"
+        "Health: ok\n"
+        "  consecutive failures: 0\n"
+        "  first failure:        -\n"
+        "  last failure:         -\n"
+        "  last error:           -\n"
+        "  breaker:              closed\n"
+        "  rate limit:           none\n"
         "\n"
         "No failed attempts.\n"
     )
@@ -357,7 +389,7 @@ async def test_show_json_has_secret_and_recent_failures(
     assert {f["error_message"] for f in failures} == {"HTTP 503"}
 
     human = await cli.ok("webhooks", "show", str(wid))
-    assert f"secret:      {secret}\n" in human
+    assert f"secret:       {secret}\n" in human
     lines = human.split("\nRecent failures:\n")[1].splitlines()
     assert " ".join(lines[0].split()) == "AT DELIVERY EVENT TYPE ATTEMPT STATUS ERROR MESSAGE"
     assert [line.split()[2:7] for line in lines[1:]] == [
@@ -384,14 +416,16 @@ async def test_edit_changes_only_what_is_given(cli: Cli, db: asyncpg.Pool) -> No
     row = await webhook_row(db, wid)
     assert out == (
         f"Updated webhook {wid}.\n"
-        f"id:          {wid}\n"
-        "name:        New\n"
-        "url:         https://new.example/in\n"
-        "description: d\n"
-        "status:      active\n"
-        "events:      a.b\n"
-        f"created:     {shown(row['created_at'])}\n"
-        f"updated:     {shown(row['updated_at'])}\n"
+        f"id:           {wid}\n"
+        "name:         New\n"
+        "url:          https://new.example/in\n"
+        "description:  d\n"
+        "status:       active\n"
+        "events:       a.b\n"
+        "rate limit:   none\n"
+        "retry policy: default (the daemon's retry_policy)\n"
+        f"created:      {shown(row['created_at'])}\n"
+        f"updated:      {shown(row['updated_at'])}\n"
     )
     assert secret not in out
     assert (row["service_name"], row["url"], row["description"]) == (
@@ -696,7 +730,7 @@ async def test_usage_errors_exit_2(cli: Cli, db: asyncpg.Pool) -> None:
     )
     assert_usage_error(
         await cli("webhooks", "edit", str(wid)),
-        "nothing to change: give --url, --name or --description",
+        "nothing to change: give --url, --name, --description, --rate-limit or --retry-policy",
     )
     assert_usage_error(
         await cli("webhooks", "events", str(wid)),

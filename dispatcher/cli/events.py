@@ -47,21 +47,30 @@ def event_types_add(
 @json_option
 @click.pass_obj
 def event_types_list(obj: Context, as_json: bool) -> None:
-    """List the catalog. While it is empty, any event type may be used."""
-    rows = obj.run(admin.list_event_types)
+    """List the catalog, then the built-in types. While the catalog is empty, any type may be used.
+
+    --json lists the catalog only; the built-in operator types are never part of it.
+    """
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        return await admin.list_event_types(conn), await admin.list_builtin_event_types(conn)
+
+    rows, builtin = obj.run(work)
     if as_json:
         emit_json([{**plain(r, EVENT_TYPE_FIELDS), "webhooks": r["webhooks"]} for r in rows])
         return
     if not rows:
         click.echo("The catalog is empty: webhooks may subscribe to any event type.")
-        return
-    table(
-        [
-            (r["name"], shorten(r["description"], 40), r["webhooks"], shorten(r["sample"], 40))
-            for r in rows
-        ],
-        ("name", "description", "webhooks", "sample"),
-    )
+    else:
+        table(
+            [
+                (r["name"], shorten(r["description"], 40), r["webhooks"], shorten(r["sample"], 40))
+                for r in rows
+            ],
+            ("name", "description", "webhooks", "sample"),
+        )
+    click.echo("\nBuilt in, published by the daemon; a webhook gets them only by naming them:")
+    table([(r["name"], r["webhooks"]) for r in builtin], ("name", "webhooks"))
 
 
 @event_types.command(name="remove")

@@ -13,16 +13,31 @@ import click
 from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import cell, emit_json, fields, plain, shorten, table
 from dispatcher.cli.params import ID, Duration, DurationType, split_values
+from dispatcher.cli.webhook_view import (
+    list_json,
+    parse_rate_limit,
+    parse_retry_policy,
+    print_health,
+    print_list,
+    print_webhook,
+    rate,
+    webhook_json,
+)
 from dispatcher.delivery.netguard import target_warning
 from dispatcher.errors import DispatcherError
 from dispatcher.manage import admin
-from dispatcher.manage.fields import FAILURE_FIELDS, WEBHOOK_FIELDS
+from dispatcher.manage.fields import FAILURE_FIELDS
 from dispatcher.manage.testevent import TestResult, send_test
 from dispatcher.manage.validation import check_event_type
 
 DAY = timedelta(days=1)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+RATE_LIMIT_HELP = "Requests per second at most (a number, e.g. 5 or 0.5); none for no limit."
+RETRY_POLICY_HELP = (
+    "schedule (retry_schedule), exponential (with full jitter), or default: the daemon's"
+    " retry_policy."
+)
 
 
 @main.group()
@@ -43,6 +58,8 @@ def webhooks() -> None:
 )
 @click.option("--description", default="", help="Free text for operators.")
 @click.option("--allow-unknown", is_flag=True, help="Accept types missing from the catalog.")
+@click.option("--rate-limit", metavar="PER_SECOND", help=RATE_LIMIT_HELP)
+@click.option("--retry-policy", metavar="POLICY", help=RETRY_POLICY_HELP)
 @json_option
 @click.pass_obj
 def add(
@@ -52,27 +69,37 @@ def add(
     event_types: tuple[str, ...],
     description: str,
     allow_unknown: bool,
+    rate_limit: str | None,
+    retry_policy: str | None,
     as_json: bool,
 ) -> None:
     """Create a webhook; it is active at once. Prints its id and secret."""
     types = split_values(event_types)
+    limit = None if rate_limit is None else parse_rate_limit(rate_limit)
+    policy = None if retry_policy is None else parse_retry_policy(retry_policy)
     row = obj.run(
         lambda conn: admin.create_webhook(
-            conn, name, url, description, types, allow_unknown=allow_unknown
+            conn,
+            name,
+            url,
+            description,
+            types,
+            allow_unknown=allow_unknown,
+            rate_limit=limit,
+            retry_policy=policy,
         )
     )
     warn_if_refused(obj, row["url"])
     if as_json:
-        emit_json(plain(row, WEBHOOK_FIELDS))
+        emit_json(webhook_json(row))
         return
     click.echo(f"Created webhook {row['id']} ({row['service_name']}), active.")
-    fields(
-        [
-            ("url", row["url"]),
-            ("events", row["event_types"]),
-            ("secret", row["secret"]),
-        ]
-    )
+    pairs: list[tuple[str, Any]] = [("url", row["url"]), ("events", row["event_types"])]
+    if row["rate_limit"] is not None:
+        pairs.append(("rate limit", rate(row["rate_limit"])))
+    if row["retry_policy"] is not None:
+        pairs.append(("retry policy", row["retry_policy"]))
+    fields([*pairs, ("secret", row["secret"])])
     click.echo("Receivers verify the webhook-signature header with this secret.")
 
 
@@ -81,39 +108,18 @@ def add(
 @json_option
 @click.pass_obj
 def list_(obj: Context, as_json: bool) -> None:
-    """List webhooks with their deliveries over the last 24 hours."""
+    """List webhooks with their health and their deliveries over the last 24 hours.
+
+    SUCCESS 24H is the share of the last 24 hours' finished deliveries that succeeded.
+    """
     rows = obj.run(lambda conn: admin.list_webhooks(conn, DAY))
     if as_json:
-        emit_json(
-            [
-                {
-                    **plain(r, WEBHOOK_FIELDS),
-                    "event_type_count": r["event_type_count"],
-                    "deliveries_24h": r["deliveries"],
-                    "failed_24h": r["failed"],
-                }
-                for r in rows
-            ]
-        )
+        emit_json(list_json(rows))
         return
     if not rows:
         click.echo("No webhooks yet. Add one with `dispatcher webhooks add`.")
         return
-    table(
-        [
-            (
-                r["id"],
-                shorten(r["service_name"], 30),
-                shorten(r["url"], 60),
-                r["status"],
-                r["event_type_count"],
-                r["deliveries"],
-                r["failed"],
-            )
-            for r in rows
-        ],
-        ("id", "name", "url", "status", "events", "deliveries 24h", "failed 24h"),
-    )
+    print_list(rows)
 
 
 @webhooks.command()
@@ -122,7 +128,7 @@ def list_(obj: Context, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def show(obj: Context, webhook_id: int, as_json: bool) -> None:
-    """Show every detail of a webhook, its secret included, and its recent failures."""
+    """Show every detail of a webhook, its secret and health included, and its recent failures."""
 
     async def work(conn: asyncpg.Connection) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
         row = await admin.get_webhook(conn, webhook_id)
@@ -132,7 +138,7 @@ def show(obj: Context, webhook_id: int, as_json: bool) -> None:
     if as_json:
         emit_json(
             {
-                **plain(row, WEBHOOK_FIELDS),
+                **webhook_json(row),
                 "secret": row["secret"],
                 "previous_secret": row["previous_secret"],
                 "previous_secret_expires_at": row["previous_secret_expires_at"],
@@ -141,6 +147,7 @@ def show(obj: Context, webhook_id: int, as_json: bool) -> None:
         )
         return
     print_webhook(row, show_secret=True)
+    print_health(row)
     if failures:
         click.echo("\nRecent failures:")
         table(
@@ -169,30 +176,14 @@ def warn_if_refused(obj: Context, url: str) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
-def print_webhook(row: asyncpg.Record, show_secret: bool = False) -> None:
-    pairs: list[tuple[str, Any]] = [
-        ("id", row["id"]),
-        ("name", row["service_name"]),
-        ("url", row["url"]),
-        ("description", row["description"] or None),
-        ("status", row["status"]),
-        ("events", row["event_types"]),
-    ]
-    if show_secret:
-        pairs.append(("secret", row["secret"]))
-        if row["previous_secret"]:
-            pairs.append(("previous secret", row["previous_secret"]))
-            pairs.append(("  also signs until", row["previous_secret_expires_at"]))
-    pairs += [("created", row["created_at"]), ("updated", row["updated_at"])]
-    fields(pairs)
-
-
 @webhooks.command()
 @common_options
 @click.argument("webhook_id", type=ID)
 @click.option("--url", help="New endpoint URL.")
 @click.option("--name", help="New service name.")
 @click.option("--description", help="New description.")
+@click.option("--rate-limit", metavar="PER_SECOND", help=RATE_LIMIT_HELP)
+@click.option("--retry-policy", metavar="POLICY", help=RETRY_POLICY_HELP)
 @json_option
 @click.pass_obj
 def edit(
@@ -201,20 +192,32 @@ def edit(
     url: str | None,
     name: str | None,
     description: str | None,
+    rate_limit: str | None,
+    retry_policy: str | None,
     as_json: bool,
 ) -> None:
-    """Change a webhook's URL, name or description."""
-    if url is None and name is None and description is None:
-        raise click.UsageError("nothing to change: give --url, --name or --description")
+    """Change a webhook's URL, name, description, rate limit or retry policy."""
+    if (url, name, description, rate_limit, retry_policy) == (None,) * 5:
+        raise click.UsageError(
+            "nothing to change: give --url, --name, --description, --rate-limit or --retry-policy"
+        )
+    limit = admin.KEEP if rate_limit is None else parse_rate_limit(rate_limit)
+    policy = admin.KEEP if retry_policy is None else parse_retry_policy(retry_policy)
     row = obj.run(
         lambda conn: admin.edit_webhook(
-            conn, webhook_id, name=name, url=url, description=description
+            conn,
+            webhook_id,
+            name=name,
+            url=url,
+            description=description,
+            rate_limit=limit,
+            retry_policy=policy,
         )
     )
     if url is not None:
         warn_if_refused(obj, row["url"])
     if as_json:
-        emit_json(plain(row, WEBHOOK_FIELDS))
+        emit_json(webhook_json(row))
         return
     click.echo(f"Updated webhook {webhook_id}.")
     print_webhook(row)
@@ -250,7 +253,7 @@ def events_(
         lambda conn: admin.change_event_types(conn, webhook_id, add, remove, replace, allow_unknown)
     )
     if as_json:
-        emit_json(plain(row, WEBHOOK_FIELDS))
+        emit_json(webhook_json(row))
         return
     click.echo(f"Webhook {webhook_id} now receives: {', '.join(row['event_types'])}")
 
@@ -274,7 +277,7 @@ def rotate_secret(obj: Context, webhook_id: int, grace: Duration, as_json: bool)
     if as_json:
         emit_json(
             {
-                **plain(row, WEBHOOK_FIELDS),
+                **webhook_json(row),
                 "previous_secret_expires_at": row["previous_secret_expires_at"],
             }
         )
@@ -301,7 +304,7 @@ def disable(obj: Context, webhook_id: int, as_json: bool) -> None:
     """Stop sending to a webhook: nothing new is queued and pending deliveries are cancelled."""
     row, cancelled = obj.run(lambda conn: admin.disable_webhook(conn, webhook_id))
     if as_json:
-        emit_json({**plain(row, WEBHOOK_FIELDS), "cancelled": cancelled})
+        emit_json({**webhook_json(row), "cancelled": cancelled})
     else:
         click.echo(f"Webhook {webhook_id} is disabled; {cancelled} pending deliveries cancelled.")
 
@@ -312,10 +315,13 @@ def disable(obj: Context, webhook_id: int, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def enable(obj: Context, webhook_id: int, as_json: bool) -> None:
-    """Start sending to a webhook again; what it missed while disabled is not replayed."""
-    row = obj.run(lambda conn: admin.set_status(conn, webhook_id, "active"))
+    """Start sending to a webhook again; what it missed while disabled is not replayed.
+
+    It starts afresh: its failure streak and circuit breaker are reset.
+    """
+    row = obj.run(lambda conn: admin.enable_webhook(conn, webhook_id))
     if as_json:
-        emit_json(plain(row, WEBHOOK_FIELDS))
+        emit_json(webhook_json(row))
     else:
         click.echo(f"Webhook {webhook_id} is {row['status']}.")
 

@@ -7,11 +7,13 @@ sql/admin.sql.
 
 from __future__ import annotations
 
+import enum
 from datetime import timedelta
 
 import asyncpg
 
 from dispatcher.errors import DispatcherError
+from dispatcher.manage.health import OPERATOR_EVENT_TYPES
 from dispatcher.manage.validation import (
     STORED_EVENT_TYPE_RE,
     ValidationError,
@@ -19,12 +21,24 @@ from dispatcher.manage.validation import (
     check_event_type,
     check_event_types,
     check_name,
+    check_rate_limit,
+    check_retry_policy,
     check_url,
     parse_json,
 )
 from dispatcher.store import load_queries
 
 Q = load_queries("admin.sql")
+BUILTIN_NAMES = list(OPERATOR_EVENT_TYPES)
+
+
+class Keep(enum.Enum):
+    """An edit's "leave this field as it is", where None means "clear it"."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 
 class NotFound(DispatcherError):
@@ -57,8 +71,8 @@ def found(row: asyncpg.Record | None, what: str) -> asyncpg.Record:
 
 
 async def check_known_types(conn: asyncpg.Connection, types: list[str]) -> None:
-    """Reject types missing from a non-empty event-type catalog."""
-    unknown: list[str] = await conn.fetchval(Q["unknown_event_types"], types)
+    """Reject types missing from a non-empty event-type catalog; built-in ones are known."""
+    unknown: list[str] = await conn.fetchval(Q["unknown_event_types"], types, BUILTIN_NAMES)
     if unknown:
         raise UnknownEventTypes(unknown)
 
@@ -71,27 +85,27 @@ async def create_webhook(
     event_types: list[str],
     *,
     allow_unknown: bool = False,
+    rate_limit: float | None = None,
+    retry_policy: str | None = None,
 ) -> asyncpg.Record:
     """Check every field, then create the webhook; it is active at once.
 
     Event types are de-duplicated in order; unless `allow_unknown`, each must be in the
-    catalog when the catalog is not empty.
+    catalog when the catalog is not empty. `rate_limit` is in requests per second (None: no
+    limit); `retry_policy` None means the daemon's default.
     """
     name, url = check_name(name), check_url(url)
     description = check_description(description)
     types = check_event_types(list(dict.fromkeys(event_types)))
+    rate_limit = None if rate_limit is None else check_rate_limit(rate_limit)
+    retry_policy = None if retry_policy is None else check_retry_policy(retry_policy)
     async with conn.transaction():
         if not allow_unknown:
             await check_known_types(conn, types)
-        return await add_webhook(conn, name, url, description, types)
-
-
-async def add_webhook(
-    conn: asyncpg.Connection, name: str, url: str, description: str, event_types: list[str]
-) -> asyncpg.Record:
-    """Insert a webhook as given: callers outside this module want `create_webhook`."""
-    row: asyncpg.Record = await conn.fetchrow(Q["add_webhook"], name, url, description, event_types)
-    return row
+        row: asyncpg.Record = await conn.fetchrow(
+            Q["add_webhook"], name, url, description, types, rate_limit, retry_policy
+        )
+        return row
 
 
 async def get_webhook(conn: asyncpg.Connection, webhook_id: int) -> asyncpg.Record:
@@ -120,25 +134,36 @@ async def edit_webhook(
     name: str | None = None,
     url: str | None = None,
     description: str | None = None,
+    rate_limit: float | Keep | None = KEEP,
+    retry_policy: str | Keep | None = KEEP,
 ) -> asyncpg.Record:
-    """Check and change a webhook's name, URL or description; None leaves a field as it is."""
-    if name is None and url is None and description is None:
-        raise ValidationError("nothing to change: give a new name, URL or description")
+    """Check and change a webhook's fields.
+
+    None leaves a name, URL or description as it is; KEEP leaves the rate limit or the retry
+    policy as it is, and None clears it (no limit; the daemon's default policy).
+    """
+    if (name, url, description) == (None, None, None) and rate_limit is retry_policy is KEEP:
+        raise ValidationError(
+            "nothing to change: give a new name, URL, description, rate limit or retry policy"
+        )
     url = None if url is None else check_url(url)
     name = None if name is None else check_name(name)
     description = None if description is None else check_description(description)
-    return await update_webhook(conn, webhook_id, name, url, description)
-
-
-async def update_webhook(
-    conn: asyncpg.Connection,
-    webhook_id: int,
-    name: str | None,
-    url: str | None,
-    description: str | None,
-) -> asyncpg.Record:
-    """Write the fields as given: callers outside this module want `edit_webhook`."""
-    row = await conn.fetchrow(Q["update_webhook"], webhook_id, name, url, description)
+    if rate_limit is not None and rate_limit is not KEEP:
+        rate_limit = check_rate_limit(rate_limit)
+    if retry_policy is not None and retry_policy is not KEEP:
+        retry_policy = check_retry_policy(retry_policy)
+    row = await conn.fetchrow(
+        Q["update_webhook"],
+        webhook_id,
+        name,
+        url,
+        description,
+        rate_limit is not KEEP,
+        None if rate_limit is KEEP else rate_limit,
+        retry_policy is not KEEP,
+        None if retry_policy is KEEP else retry_policy,
+    )
     return found(row, f"webhook {webhook_id}")
 
 
@@ -193,13 +218,25 @@ async def rotate_secret(
     return found(row, f"webhook {webhook_id}")
 
 
-async def set_status(conn: asyncpg.Connection, webhook_id: int, status: str) -> asyncpg.Record:
-    row = await conn.fetchrow(Q["set_status"], webhook_id, status)
-    return found(row, f"webhook {webhook_id}")
+async def enable_webhook(conn: asyncpg.Connection, webhook_id: int) -> asyncpg.Record:
+    """Enable a webhook: forget why it was disabled, and start its health afresh.
+
+    The failure streak and the circuit breaker are reset, so it gets the full retry policy
+    and the full time before it is called failing again; its last failure and last error stay.
+    """
+    async with conn.transaction():
+        changed = await conn.fetchrow(Q["enable_webhook"], webhook_id)
+        if changed is None or changed["old_status"] is None:
+            raise NotFound(f"webhook {webhook_id} does not exist")
+        return await get_webhook(conn, webhook_id)
 
 
 async def disable_webhook(conn: asyncpg.Connection, webhook_id: int) -> tuple[asyncpg.Record, int]:
-    """Disable a webhook; return it and how many pending deliveries were cancelled."""
+    """Disable a webhook by hand; return it and how many pending deliveries were cancelled.
+
+    It is recorded as disabled_reason 'manual', at the database's now(); one that was already
+    disabled keeps its reason and time.
+    """
     row = found(await conn.fetchrow(Q["disable_webhook"], webhook_id), f"webhook {webhook_id}")
     cancelled: int = row["cancelled"]
     return row, cancelled
@@ -222,6 +259,8 @@ async def add_event_type(
 ) -> asyncpg.Record:
     """Check and add a type to the catalog; `sample` is JSON text for `webhooks test`."""
     check_event_type(name, allow_star=False)
+    if name in OPERATOR_EVENT_TYPES:
+        raise AlreadyExists(f"event type {name} is built in: webhooks may always subscribe to it")
     description = check_description(description)
     if sample is not None:
         parse_json(sample, what="the sample")
@@ -233,12 +272,23 @@ async def add_event_type(
 
 
 async def list_event_types(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """List the catalog: the types people added, without the built-in ones."""
     rows: list[asyncpg.Record] = await conn.fetch(Q["list_event_types"])
+    return rows
+
+
+async def list_builtin_event_types(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """List the built-in operator event types, shaped as catalog rows (no sample, no date)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        Q["list_builtin_event_types"], BUILTIN_NAMES, list(OPERATOR_EVENT_TYPES.values())
+    )
     return rows
 
 
 async def remove_event_type(conn: asyncpg.Connection, name: str) -> None:
     """Remove a type from the catalog; a name the catalog cannot hold is simply not in it."""
+    if name in OPERATOR_EVENT_TYPES:
+        raise ValidationError(f"event type {name} is built in and cannot be removed")
     if not STORED_EVENT_TYPE_RE.fullmatch(name) or (
         await conn.fetchval(Q["remove_event_type"], name) is None
     ):

@@ -6,7 +6,8 @@ other. Adding a name is safe; renaming or removing one breaks callers.
 
 from __future__ import annotations
 
-# The secret is never among them: only `webhooks show` and GET .../secret return it.
+# The secret is never among them: only `webhooks show` and GET .../secret return it. Both
+# surfaces add a `health` object (manage.health.health_json) after these.
 WEBHOOK_FIELDS = (
     "id",
     "service_name",
@@ -16,6 +17,10 @@ WEBHOOK_FIELDS = (
     "status",
     "created_at",
     "updated_at",
+    "rate_limit",
+    "retry_policy",
+    "disabled_reason",
+    "disabled_at",
 )
 DELIVERY_FIELDS = (
     "id",

@@ -7,7 +7,9 @@ wrong.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -15,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatcher.errors import DispatcherError
+from dispatcher.settings import RETRY_POLICIES
 
 MAX_URL_LENGTH = 2048
 MAX_NAME_LENGTH = 200
@@ -265,3 +268,41 @@ def check_window(seconds: float, what: str) -> timedelta:
     if not 0 <= seconds <= MAX_WINDOW.total_seconds():  # NaN fails this too
         raise ValidationError(f"invalid {what}: give from 0 seconds to 100 years")
     return timedelta(seconds=seconds)
+
+
+# The database's CHECK constraint on webhooks.rate_limit (migration 007).
+MAX_RATE_LIMIT = 100000.0
+
+
+def check_rate_limit(value: object, what: str = "rate_limit") -> float:
+    """Return a rate limit in requests per second: a number above 0 and at most 100000.
+
+    Takes the text a person typed or a number from JSON; `what` names the field in the message.
+    """
+    shown = repr(value) if isinstance(value, str) else str(value)
+    number = math.nan
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value.strip())
+    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValidationError(
+            f"{what} must be a number of requests per second greater than 0, got {shown}"
+        )
+    if number > MAX_RATE_LIMIT:
+        raise ValidationError(
+            f"{what} must be at most {MAX_RATE_LIMIT:g} requests per second, got {shown}"
+        )
+    return number
+
+
+def check_retry_policy(value: object, what: str = "retry_policy", default: str = "null") -> str:
+    """Return a named retry policy; `default` is how the surface says "the daemon's default"."""
+    if isinstance(value, str) and value in RETRY_POLICIES:
+        return value
+    shown = repr(value) if isinstance(value, str) else str(value)
+    raise ValidationError(
+        f"{what} must be {' or '.join(RETRY_POLICIES)}, or {default} for the daemon's default"
+        f" policy, got {shown}"
+    )

@@ -3,17 +3,35 @@
 -- name: webhook_columns
 -- (a fragment, not a query: the columns every webhook read returns)
 id, service_name, url, description, secret, event_types, status, created_at, updated_at,
+rate_limit, retry_policy, disabled_reason, disabled_at,
 CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret,
 CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
     AS previous_secret_expires_at
 
+-- name: health_columns
+-- (a fragment, not a query: a webhook's health from its webhook_health row `h`, which may be
+-- missing: a webhook just inserted, read in the same statement. The booleans use the
+-- database's clock, so every surface agrees on them.)
+coalesce(h.consecutive_failures, 0) AS consecutive_failures, h.first_failure_at,
+h.last_failure_at, h.last_error, h.breaker_until, h.breaker_opened_at,
+coalesce(h.breaker_trips, 0) AS breaker_trips, h.throttled_at,
+coalesce(h.breaker_until > now(), false) AS breaker_open,
+coalesce(h.throttled_at > now() - interval '1 minute', false) AS rate_limited
+
 -- name: add_webhook
-INSERT INTO dispatcher.webhooks (service_name, url, description, event_types)
-VALUES ($1, $2, $3, $4)
-RETURNING {webhook_columns};
+WITH w AS (
+    INSERT INTO dispatcher.webhooks
+        (service_name, url, description, event_types, rate_limit, retry_policy)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    RETURNING {webhook_columns}
+)
+SELECT w.*, {health_columns}
+FROM w LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id;
 
 -- name: get_webhook
-SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1;
+WITH w AS (SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1)
+SELECT w.*, {health_columns}
+FROM w LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id;
 
 -- name: lock_webhook
 SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1 FOR UPDATE;
@@ -21,15 +39,19 @@ SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1 FOR UPDATE;
 -- name: webhook_summary_columns
 -- (a fragment, not a query: what a listing shows of each webhook `w`; never the secret)
 w.id, w.service_name, w.url, w.description, w.status, w.event_types,
-cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at
+cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at,
+w.rate_limit, w.retry_policy, w.disabled_reason, w.disabled_at
 
 -- name: list_webhooks
--- Every webhook with its delivery counts over the last $1 seconds.
-SELECT {webhook_summary_columns},
-       coalesce(c.total, 0) AS deliveries, coalesce(c.failed, 0) AS failed
+-- Every webhook with its health and its delivery counts over the last $1 seconds.
+SELECT {webhook_summary_columns}, {health_columns},
+       coalesce(c.total, 0) AS deliveries, coalesce(c.failed, 0) AS failed,
+       coalesce(c.succeeded, 0) AS succeeded
 FROM dispatcher.webhooks w
+LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id
 LEFT JOIN (
-    SELECT webhook_id, count(*) AS total, count(*) FILTER (WHERE status = 'failed') AS failed
+    SELECT webhook_id, count(*) AS total, count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded
     FROM dispatcher.deliveries
     WHERE created_at >= now() - make_interval(secs => $1)
     GROUP BY webhook_id
@@ -37,36 +59,69 @@ LEFT JOIN (
 ORDER BY w.id;
 
 -- name: list_webhooks_only
--- Every webhook, without delivery counts (the console counts those from its own history).
-SELECT {webhook_summary_columns}
+-- Every webhook with its health, without delivery counts (the console counts those from its
+-- own history).
+SELECT {webhook_summary_columns}, {health_columns}
 FROM dispatcher.webhooks w
+LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id
 ORDER BY w.id;
 
 -- name: update_webhook
--- NULL leaves a field as it is.
-UPDATE dispatcher.webhooks
-SET service_name = coalesce($2, service_name),
-    url = coalesce($3, url),
-    description = coalesce($4, description)
-WHERE id = $1
-RETURNING {webhook_columns};
+-- NULL leaves a name, URL or description as it is; the rate limit and the retry policy change
+-- (to NULL too) only where their flag, $5 and $7, is true.
+WITH w AS (
+    UPDATE dispatcher.webhooks
+    SET service_name = coalesce($2, service_name),
+        url = coalesce($3, url),
+        description = coalesce($4, description),
+        rate_limit = CASE WHEN $5::bool THEN $6::float8 ELSE rate_limit END,
+        retry_policy = CASE WHEN $7::bool THEN $8::text ELSE retry_policy END
+    WHERE id = $1
+    RETURNING {webhook_columns}
+)
+SELECT w.*, {health_columns}
+FROM w LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id;
 
 -- name: set_event_types
-UPDATE dispatcher.webhooks SET event_types = $2 WHERE id = $1 RETURNING {webhook_columns};
+WITH w AS (
+    UPDATE dispatcher.webhooks SET event_types = $2 WHERE id = $1 RETURNING {webhook_columns}
+)
+SELECT w.*, {health_columns}
+FROM w LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id;
 
 -- name: rotate_secret
 -- A new secret; the old one keeps signing (as a second signature) for $2 seconds.
-UPDATE dispatcher.webhooks
-SET previous_secret = CASE WHEN $2::float8 > 0 THEN secret END,
-    previous_secret_expires_at = CASE WHEN $2::float8 > 0
-                                      THEN now() + make_interval(secs => $2::float8) END,
-    secret = dispatcher.generate_secret()
-WHERE id = $1
-RETURNING {webhook_columns};
+WITH w AS (
+    UPDATE dispatcher.webhooks
+    SET previous_secret = CASE WHEN $2::float8 > 0 THEN secret END,
+        previous_secret_expires_at = CASE WHEN $2::float8 > 0
+                                          THEN now() + make_interval(secs => $2::float8) END,
+        secret = dispatcher.generate_secret()
+    WHERE id = $1
+    RETURNING {webhook_columns}
+)
+SELECT w.*, {health_columns}
+FROM w LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id;
 
--- name: set_status
--- The webhooks_disable trigger cancels pending deliveries when this disables a webhook.
-UPDATE dispatcher.webhooks SET status = $2 WHERE id = $1 RETURNING {webhook_columns};
+-- name: enable_webhook
+-- Clears why it was disabled and, only when it was disabled, gives it a fresh start: no
+-- failure streak, the breaker closed. The last failure and error stay as history. Enabling a
+-- webhook that is active changes nothing, so it cannot cut short a breaker probe in flight.
+WITH old AS (
+    SELECT status FROM dispatcher.webhooks WHERE id = $1 FOR UPDATE
+), enabled AS (
+    UPDATE dispatcher.webhooks SET status = 'active', disabled_reason = NULL, disabled_at = NULL
+    WHERE id = $1 AND (SELECT status FROM old) = 'disabled'
+    RETURNING id
+), reset AS (
+    UPDATE dispatcher.webhook_health
+    SET consecutive_failures = 0, first_failure_at = NULL, breaker_failures = 0,
+        breaker_until = NULL, breaker_opened_at = NULL, breaker_trips = 0,
+        probe_delivery_id = NULL, failing_since = NULL
+    WHERE webhook_id = (SELECT id FROM enabled)
+    RETURNING webhook_id
+)
+SELECT (SELECT status FROM old) AS old_status, (SELECT count(*) FROM reset) AS reset;
 
 -- name: disable_webhook
 -- The webhooks_disable trigger cancels the pending deliveries counted here; it fires, and so
@@ -77,9 +132,17 @@ WITH old_status AS (
     SELECT count(*) AS n FROM dispatcher.deliveries
     WHERE webhook_id = $1 AND status = 'pending' AND (SELECT status FROM old_status) = 'active'
 ), updated AS (
-    UPDATE dispatcher.webhooks SET status = 'disabled' WHERE id = $1 RETURNING {webhook_columns}
+    -- A webhook already disabled keeps the reason and time it was disabled with.
+    UPDATE dispatcher.webhooks
+    SET status = 'disabled',
+        disabled_reason = CASE WHEN status = 'active' THEN 'manual'
+                               ELSE coalesce(disabled_reason, 'manual') END,
+        disabled_at = CASE WHEN status = 'active' THEN now() ELSE coalesce(disabled_at, now()) END
+    WHERE id = $1
+    RETURNING {webhook_columns}
 )
-SELECT updated.*, (SELECT n FROM pending) AS cancelled FROM updated;
+SELECT updated.*, {health_columns}, (SELECT n FROM pending) AS cancelled
+FROM updated LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = updated.id;
 
 -- name: delete_webhook
 -- The webhooks_delete trigger cancels its pending deliveries; their log stays.
@@ -110,14 +173,22 @@ SELECT t.name, t.description, t.sample::text AS sample, t.created_at,
 FROM dispatcher.event_types t
 ORDER BY t.name;
 
+-- name: list_builtin_event_types
+-- The operator event types ($1, with their descriptions $2), which are never catalog rows.
+SELECT b.name, b.description, NULL::text AS sample, NULL::timestamptz AS created_at,
+       (SELECT count(*) FROM dispatcher.webhooks w WHERE b.name = ANY (w.event_types)) AS webhooks
+FROM unnest($1::text[], $2::text[]) AS b(name, description)
+ORDER BY b.name;
+
 -- name: remove_event_type
 DELETE FROM dispatcher.event_types WHERE name = $1 RETURNING name;
 
 -- name: unknown_event_types
--- The types in $1 missing from a non-empty catalog ('*' is always known).
+-- The types in $1 missing from a non-empty catalog ('*' and the built-in operator types in
+-- $2 are always known).
 SELECT coalesce(array_agg(t ORDER BY t), '{}')
 FROM unnest($1::text[]) t
-WHERE t <> '*'
+WHERE t <> '*' AND t <> ALL ($2::text[])
   AND EXISTS (SELECT 1 FROM dispatcher.event_types)
   AND NOT EXISTS (SELECT 1 FROM dispatcher.event_types c WHERE c.name = t);
 

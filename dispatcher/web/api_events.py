@@ -34,8 +34,17 @@ MAX_IDEMPOTENCY_KEY = 255
 async def list_event_types(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         rows = await admin.list_event_types(conn)
+        builtin = await admin.list_builtin_event_types(conn)
     return respond(
-        {"event_types": [{**pick(r, EVENT_TYPE_FIELDS), "webhooks": r["webhooks"]} for r in rows]}
+        {
+            "event_types": [
+                {**pick(r, EVENT_TYPE_FIELDS), "webhooks": r["webhooks"]} for r in rows
+            ],
+            "builtin_event_types": [
+                {"name": r["name"], "description": r["description"], "webhooks": r["webhooks"]}
+                for r in builtin
+            ],
+        }
     )
 
 

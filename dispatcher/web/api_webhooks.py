@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -13,7 +15,14 @@ from aiohttp import web
 from dispatcher.delivery.netguard import target_warning
 from dispatcher.manage import admin
 from dispatcher.manage.fields import FAILURE_FIELDS, WEBHOOK_FIELDS
+from dispatcher.manage.health import health_json, success_rate
 from dispatcher.manage.testevent import send_test
+from dispatcher.manage.validation import (
+    MAX_RATE_LIMIT,
+    ValidationError,
+    check_rate_limit,
+    check_retry_policy,
+)
 from dispatcher.web.api_json import (
     Body,
     field_problem,
@@ -28,11 +37,21 @@ from dispatcher.web.problems import Problem
 V1 = "/api/v1"
 routes = web.RouteTableDef()
 
-CREATE_FIELDS = ("service_name", "url", "description", "event_types", "allow_unknown")
+CREATE_FIELDS = (
+    "service_name",
+    "url",
+    "description",
+    "event_types",
+    "allow_unknown",
+    "rate_limit",
+    "retry_policy",
+)
 PATCH_FIELDS = (
     "service_name",
     "url",
     "description",
+    "rate_limit",
+    "retry_policy",
     "event_types",
     "add_event_types",
     "remove_event_types",
@@ -46,8 +65,41 @@ def webhook_json(row: asyncpg.Record) -> dict[str, Any]:
     """A webhook as every route shows it: never its secret."""
     return {
         **pick(row, WEBHOOK_FIELDS),
+        "health": health_json(row),
         "previous_secret_expires_at": row["previous_secret_expires_at"],
     }
+
+
+def rate_limit_field(body: Body) -> float | admin.Keep | None:
+    """Read `rate_limit`: absent keeps it, null clears it, else a number of requests/second."""
+    if "rate_limit" not in body:
+        return admin.KEEP
+    value = body.fields["rate_limit"]
+    if value is None:
+        return None
+    try:
+        # A JSON string is not a number, even one that reads as one.
+        return check_rate_limit(math.nan if isinstance(value, str) else value, "rate_limit")
+    except ValidationError:
+        shown = json.dumps(value) if isinstance(value, str) else str(value)
+        raise field_problem(
+            "rate_limit",
+            "rate_limit must be a number of requests per second greater than 0 and at most"
+            f" {MAX_RATE_LIMIT:g}, or null for no limit; got {shown}",
+        ) from None
+
+
+def retry_policy_field(body: Body) -> str | admin.Keep | None:
+    """Read `retry_policy`: absent keeps it, null clears it (the daemon's default)."""
+    if "retry_policy" not in body:
+        return admin.KEEP
+    value = body.fields["retry_policy"]
+    if value is None:
+        return None
+    try:
+        return check_retry_policy(value, "retry_policy")
+    except ValidationError as exc:
+        raise field_problem("retry_policy", str(exc)) from None
 
 
 async def saved_webhook_json(request: web.Request, row: asyncpg.Record) -> dict[str, Any]:
@@ -81,10 +133,18 @@ async def create_webhook(request: web.Request) -> web.Response:
     if types is None:
         raise field_problem("event_types", "the field 'event_types' is required")
     allow_unknown = body.boolean("allow_unknown")
+    limit, policy = rate_limit_field(body), retry_policy_field(body)
     async with request.app[POOL].acquire() as conn:
         with catalog_hint("event_types"):
             row = await admin.create_webhook(
-                conn, name, url, description, types, allow_unknown=allow_unknown
+                conn,
+                name,
+                url,
+                description,
+                types,
+                allow_unknown=allow_unknown,
+                rate_limit=None if limit is admin.KEEP else limit,
+                retry_policy=None if policy is admin.KEEP else policy,
             )
     location = f"{V1}/webhooks/{row['id']}"
     return respond(await saved_webhook_json(request, row), 201, headers={"Location": location})
@@ -99,8 +159,11 @@ async def list_webhooks(request: web.Request) -> web.Response:
             "webhooks": [
                 {
                     **pick(r, WEBHOOK_FIELDS),
+                    "health": health_json(r),
                     "deliveries_24h": r["deliveries"],
                     "failed_24h": r["failed"],
+                    "succeeded_24h": r["succeeded"],
+                    "success_rate_24h": success_rate(r["succeeded"], r["failed"]),
                 }
                 for r in rows
             ]
@@ -126,17 +189,27 @@ async def patch_webhook(request: web.Request) -> web.Response:
     add = body.string_list("add_event_types")
     remove = body.string_list("remove_event_types")
     allow_unknown = body.boolean("allow_unknown")
+    limit, policy = rate_limit_field(body), retry_policy_field(body)
     edits = (name, url, description)
     type_changes = (replace, add, remove)
-    if all(v is None for v in (*edits, *type_changes)):
+    flow_changes = limit is not admin.KEEP or policy is not admin.KEEP
+    if all(v is None for v in (*edits, *type_changes)) and not flow_changes:
         raise Problem(
             422,
-            "nothing to change: give service_name, url, description, event_types,"
-            " add_event_types or remove_event_types",
+            "nothing to change: give service_name, url, description, rate_limit, retry_policy,"
+            " event_types, add_event_types or remove_event_types",
         )
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        if any(v is not None for v in edits):
-            await admin.edit_webhook(conn, webhook_id, name=name, url=url, description=description)
+        if any(v is not None for v in edits) or flow_changes:
+            await admin.edit_webhook(
+                conn,
+                webhook_id,
+                name=name,
+                url=url,
+                description=description,
+                rate_limit=limit,
+                retry_policy=policy,
+            )
         if any(v is not None for v in type_changes):
             field = "event_types" if replace is not None else "add_event_types"
             with catalog_hint(field):
@@ -178,7 +251,7 @@ async def enable_webhook(request: web.Request) -> web.Response:
     webhook_id = path_id(request, "webhook_id", "webhook")
     await Body.read(request, ())
     async with request.app[POOL].acquire() as conn:
-        row = await admin.set_status(conn, webhook_id, "active")
+        row = await admin.enable_webhook(conn, webhook_id)
     return respond(webhook_json(row))
 
 

@@ -22,7 +22,13 @@ from dispatcher.web.console_render import (
     saved_notice,
     see_other,
 )
-from dispatcher.web.console_webhooks import chosen_types, failed_form, render_details
+from dispatcher.web.console_webhooks import (
+    chosen_types,
+    failed_form,
+    form_rate_limit,
+    form_retry_policy,
+    render_details,
+)
 
 GRACE_CHOICES = {
     "0": timedelta(0),
@@ -52,17 +58,18 @@ async def change_status(request: web.Request) -> web.StreamResponse:
             _, cancelled = await admin.disable_webhook(conn, webhook_id)
             return see_other(request, _back(webhook_id), f"disabled:{cancelled}")
         if wanted == "active":
-            await admin.set_status(conn, webhook_id, "active")
+            await admin.enable_webhook(conn, webhook_id)
             return see_other(request, _back(webhook_id), "enabled")
     raise ValidationError("the status must be active or disabled")
 
 
 @console_page
 async def edit_webhook(request: web.Request) -> web.StreamResponse:
-    """Save the name, URL and description from the Edit dialog."""
+    """Save the name, URL, description, rate limit and retry policy from the Edit dialog."""
     webhook_id = int_id(request)
     form = await form_of(request)
     try:
+        limit, policy = form_rate_limit(form), form_retry_policy(form)
         async with pool(request).acquire() as conn:
             row = await admin.edit_webhook(
                 conn,
@@ -70,6 +77,8 @@ async def edit_webhook(request: web.Request) -> web.StreamResponse:
                 name=form.get("service_name"),
                 url=form.get("url"),
                 description=(form.get("description") or "").strip(),
+                rate_limit=limit,
+                retry_policy=policy,
             )
     except ValidationError as exc:
         return await render_details(

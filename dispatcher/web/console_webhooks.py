@@ -14,9 +14,10 @@ import asyncpg
 from aiohttp import web
 
 from dispatcher.manage import admin, history, insights
+from dispatcher.manage.health import breaker_state, health_of
 from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.manage.testevent import TestResult
-from dispatcher.manage.validation import ValidationError
+from dispatcher.manage.validation import ValidationError, check_rate_limit, check_retry_policy
 from dispatcher.web.console_charts import hourly_chart
 from dispatcher.web.console_render import (
     NOTICE_COOKIE,
@@ -30,6 +31,7 @@ from dispatcher.web.console_render import (
     saved_notice,
     see_other,
 )
+from dispatcher.web.console_text import when
 
 RECENT_DELIVERIES = 10
 # The details page's dialogs that a link may open by name; remove-event-N names the Nth type.
@@ -49,6 +51,24 @@ def chosen_types(form: Mapping[str, str], checked: list[str]) -> list[str]:
     return list(dict.fromkeys([*checked, *split_types(form.get("other_types", ""))]))
 
 
+def form_rate_limit(form: Mapping[str, str]) -> float | admin.Keep | None:
+    """The form's rate limit: blank for none; a form without the field keeps it as it is."""
+    if "rate_limit" not in form:
+        return admin.KEEP
+    text = form["rate_limit"].strip()
+    return check_rate_limit(text, "the rate limit") if text else None
+
+
+def form_retry_policy(form: Mapping[str, str]) -> str | admin.Keep | None:
+    """The form's retry policy: "default" (or blank) for the daemon's; absent keeps it."""
+    if "retry_policy" not in form:
+        return admin.KEEP
+    text = form["retry_policy"]
+    if text in ("", "default"):
+        return None
+    return check_retry_policy(text, "the retry policy", default="default")
+
+
 def explain(exc: ValidationError) -> str:
     """Say a service error in the console's words where the CLI's would not fit."""
     if isinstance(exc, admin.UnknownEventTypes):
@@ -65,6 +85,8 @@ def field_of(message: str) -> str:
     """Name the form field an error message is about, to mark it invalid."""
     lowered = message.lower()
     for needle, field in (
+        ("rate limit", "rate_limit"),
+        ("retry policy", "retry_policy"),
         ("url", "url"),
         ("service name", "service_name"),
         ("description", "description"),
@@ -91,7 +113,15 @@ async def _list_context(conn: asyncpg.Connection, outcomes: OutcomeHistory) -> d
     webhooks = []
     for row in await admin.list_webhooks(conn, None):
         succeeded, failed_count = counts.get(row["id"], (0, 0))
-        webhooks.append({**row, "deliveries": succeeded + failed_count, "failed": failed_count})
+        webhooks.append(
+            {
+                **row,
+                "deliveries": succeeded + failed_count,
+                "failed": failed_count,
+                "health": health_of(row),
+                "health_text": health_of(row).text(when),
+            }
+        )
     queue = await insights.queue_depth(conn)
     catalog = await admin.list_event_types(conn)
     total = sum(w["deliveries"] for w in webhooks)
@@ -128,6 +158,7 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
     types = chosen_types(form, checked)
     async with pool(request).acquire() as conn:
         try:
+            limit, policy = form_rate_limit(form), form_retry_policy(form)
             row = await admin.create_webhook(
                 conn,
                 form.get("service_name", ""),
@@ -135,6 +166,8 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
                 form.get("description", "").strip(),
                 types,
                 allow_unknown=form.get("allow_unknown") == "on",
+                rate_limit=None if limit is admin.KEEP else limit,
+                retry_policy=None if policy is admin.KEEP else policy,
             )
         except ValidationError as exc:
             values = {**form, "checked": checked}
@@ -206,6 +239,9 @@ async def render_details(
         {
             "section": "webhooks",
             "webhook": webhook,
+            "health": health_of(webhook),
+            "health_text": health_of(webhook).text(when),
+            "breaker": breaker_state(webhook),
             "event_types": event_types,
             "uncatalogued": [t for t in event_types if t not in catalog_names],
             "catalog": catalog,

@@ -54,6 +54,45 @@ EVENT_TYPES: Schema = {
 }
 DELIVERY_STATUS: Schema = {"enum": ["pending", "succeeded", "failed", "cancelled"]}
 
+RATE_LIMIT: Schema = {
+    "oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 100000}, {"type": "null"}],
+    "description": "Requests per second at most; null: no limit.",
+}
+RETRY_POLICY: Schema = {
+    "oneOf": [{"enum": ["schedule", "exponential"]}, {"type": "null"}],
+    "description": "schedule (retry_schedule) or exponential (full jitter); null: the daemon's"
+    " default retry_policy.",
+}
+HEALTH: Schema = {
+    **obj(
+        {
+            "state": {
+                "enum": ["ok", "failing", "breaker_open", "rate_limited", "disabled"],
+                "description": "The first that holds: disabled, breaker_open, failing (a failure"
+                " streak), rate_limited (the limit held deliveries back in the last minute), ok.",
+            },
+            "consecutive_failures": INTEGER,
+            "first_failure_at": {**nullable(TIME), "description": "When the streak began."},
+            "last_failure_at": nullable(TIME),
+            "last_error": nullable(STRING),
+            "breaker": obj(
+                {
+                    "state": {
+                        "enum": ["closed", "open", "half-open"],
+                        "description": "half-open: the cool-off is over and a probe may go.",
+                    },
+                    "until": nullable(TIME),
+                    "opened_at": nullable(TIME),
+                    "trips": {**INTEGER, "description": "Cool-offs in a row."},
+                }
+            ),
+            "rate_limited_at": {
+                **nullable(TIME),
+                "description": "When the rate limit last held deliveries back.",
+            },
+        }
+    ),
+}
 WEBHOOK: dict[str, Schema] = {
     "id": ID,
     "service_name": STRING,
@@ -63,6 +102,14 @@ WEBHOOK: dict[str, Schema] = {
     "status": {"enum": ["active", "disabled"]},
     "created_at": TIME,
     "updated_at": TIME,
+    "rate_limit": RATE_LIMIT,
+    "retry_policy": RETRY_POLICY,
+    "disabled_reason": {
+        "oneOf": [{"enum": ["manual", "gone", "failing"]}, {"type": "null"}],
+        "description": "Why it is disabled: by hand, a 410 Gone answer, or failing too long.",
+    },
+    "disabled_at": nullable(TIME),
+    "health": HEALTH,
 }
 DELIVERY: dict[str, Schema] = {
     "id": ID,
@@ -102,7 +149,23 @@ SCHEMAS: dict[str, Schema] = {
         {**WEBHOOK, "previous_secret_expires_at": nullable(TIME), "warnings": array(STRING)}
     ),
     "WebhookList": obj(
-        {"webhooks": array(obj({**WEBHOOK, "deliveries_24h": INTEGER, "failed_24h": INTEGER}))}
+        {
+            "webhooks": array(
+                obj(
+                    {
+                        **WEBHOOK,
+                        "deliveries_24h": INTEGER,
+                        "failed_24h": INTEGER,
+                        "succeeded_24h": INTEGER,
+                        "success_rate_24h": {
+                            **nullable({"type": "number", "minimum": 0, "maximum": 1}),
+                            "description": "succeeded / (succeeded + failed) of the last 24"
+                            " hours' deliveries; null when none finished.",
+                        },
+                    }
+                )
+            )
+        }
     ),
     "DisabledWebhook": obj(
         {**WEBHOOK, "previous_secret_expires_at": nullable(TIME), "cancelled": INTEGER}
@@ -118,7 +181,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "NewWebhook": obj(
         {"service_name": STRING, "url": STRING, "event_types": EVENT_TYPES},
-        {"description": STRING, "allow_unknown": BOOLEAN},
+        {
+            "description": STRING,
+            "allow_unknown": BOOLEAN,
+            "rate_limit": RATE_LIMIT,
+            "retry_policy": RETRY_POLICY,
+        },
     ),
     "WebhookChanges": {
         **obj(
@@ -127,6 +195,8 @@ SCHEMAS: dict[str, Schema] = {
                 "service_name": STRING,
                 "url": STRING,
                 "description": STRING,
+                "rate_limit": {**RATE_LIMIT, "description": "Requests per second; null clears."},
+                "retry_policy": {**RETRY_POLICY, "description": "null: the daemon's default."},
                 "event_types": {**EVENT_TYPES, "description": "Replace the whole list."},
                 "add_event_types": EVENT_TYPES,
                 "remove_event_types": EVENT_TYPES,
@@ -197,7 +267,17 @@ SCHEMAS: dict[str, Schema] = {
             "webhooks": {**INTEGER, "description": "How many webhooks subscribe to it."},
         }
     ),
-    "EventTypeList": obj({"event_types": array(ref("EventType"))}),
+    "EventTypeList": obj(
+        {
+            "event_types": array(ref("EventType")),
+            "builtin_event_types": {
+                **array(obj({"name": STRING, "description": STRING, "webhooks": INTEGER})),
+                "description": "Operator events the daemon publishes (dispatcher.webhook.*):"
+                " never in the catalog, always accepted; a webhook gets them only by naming them,"
+                " never through '*'.",
+            },
+        }
+    ),
     "NewEventType": obj({"name": STRING}, {"description": STRING, "sample": ANY_JSON}),
     "NewEvent": obj(
         {"event_type": STRING, "data": ANY_JSON},
