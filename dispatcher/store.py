@@ -236,14 +236,17 @@ async def lease_batch(
     per_webhook_cap: int = 2**31 - 1,
     cursor: int = 0,
     max_webhooks: int = MAX_WEBHOOKS_PER_LEASE,
+    held: Sequence[int] = (),
 ) -> Lease:
     """Lease up to `limit` due deliveries, interleaved across webhooks, no more per webhook than
     its free slots.
 
-    `in_flight` maps webhook ids to the attempts this process has in flight for them.
+    `in_flight` maps webhook ids to the attempts this process has in flight for them; `held`
+    lists webhooks to leave alone this time.
     """
     busy = in_flight or {}
     saturated = [w for w, n in busy.items() if n >= per_webhook_cap]
+    saturated.extend(held)
     busy_ids = [w for w, n in busy.items() if n < per_webhook_cap]
     free = [per_webhook_cap - busy[w] for w in busy_ids]
     token = uuid.uuid4()

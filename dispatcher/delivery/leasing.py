@@ -67,6 +67,13 @@ class Leaser:
         self._timed_out: set[asyncio.Task[None]] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._per_webhook: Counter[int] = Counter()
+        # Per webhook: breaker failures this process saw in a row since writer batch number n,
+        # as (count, n). The breaker opens in the database when the outcomes are written; until
+        # then, a webhook with a threshold's worth here is not leased for, so a dead endpoint
+        # gets about one threshold of attempts before its breaker opens, not every attempt
+        # that fits in a flush interval.
+        self._tripping: dict[int, tuple[int, int]] = {}
+        self._breaker_threshold = settings.breaker_threshold
         self._wake = asyncio.Event()
         # Set whenever nothing is in flight; drain() waits on it.
         self._all_done = asyncio.Event()
@@ -134,6 +141,7 @@ class Leaser:
                     self._per_webhook,
                     self._per_webhook_cap,
                     self._cursor,
+                    held=self._tripped(),
                 )
                 backoff.reset()
             except TRANSIENT_DB_ERRORS as exc:
@@ -172,6 +180,24 @@ class Leaser:
             else:
                 pause = _RECHECK_S
             await self._sleep(pause)
+
+    def _tripped(self) -> list[int]:
+        """Webhooks whose breaker this process expects to open once its outcomes are written."""
+        if not self._tripping:
+            return []
+        written = self._writer.flushes
+        for webhook_id, (_, since) in list(self._tripping.items()):
+            if since != written:
+                del self._tripping[webhook_id]  # written since: the database decides now
+        return [w for w, (n, _) in self._tripping.items() if n >= self._breaker_threshold]
+
+    def _note_health(self, webhook_id: int, breaker_failure: bool) -> None:
+        if not breaker_failure:
+            self._tripping.pop(webhook_id, None)
+            return
+        written = self._writer.flushes
+        n, since = self._tripping.get(webhook_id, (0, written))
+        self._tripping[webhook_id] = (n + 1 if since == written else 1, written)
 
     def _per_webhook_saturated(self) -> bool:
         return any(n >= self._per_webhook_cap for n in self._per_webhook.values())
@@ -232,6 +258,7 @@ class Leaser:
         )
         outcome = await self._send(d, headers, body)
         row = self._writer.add(d, outcome)
+        self._note_health(d.webhook_id, row.breaker)
         self._finish(d)
         if not outcome.ok:
             # A retry is routine; the end of a delivery, or a refused address, needs a person.
@@ -246,6 +273,7 @@ class Leaser:
                 error=outcome.error_message,
                 next_status=row.status,
                 retry_in_s=row.retry_in_s if row.status == "pending" else None,
+                retry_reason=row.retry_reason,
             )
 
     async def _send(self, d: LeasedDelivery, headers: dict[str, str], body: bytes) -> Outcome:

@@ -52,6 +52,9 @@ class OutcomeWriter:
         self._arrived = asyncio.Event()
         self._lock = asyncio.Lock()
         self.rejected = 0
+        # Batches written so far: what the database knows of each webhook's health is current
+        # up to the last one.
+        self.flushes = 0
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -122,6 +125,7 @@ class OutcomeWriter:
                 if rejected:
                     self.rejected += len(rejected)
                     log.warning("stale_outcomes_rejected", count=len(rejected))
+                self.flushes += 1
                 if any(r.status == "pending" for r in batch):
                     self._on_retry_due()
                 if self._metrics is not None:
