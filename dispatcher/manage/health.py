@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-# Published by the daemon about webhooks (migration 007, the daemon's outcome writes). A
-# webhook may always subscribe to them: they are built in, never rows of the catalog, so an
-# empty catalog stays empty and keeps accepting any type.
+from dispatcher.delivery.health import WEBHOOK_DISABLED, WEBHOOK_FAILING, WEBHOOK_RECOVERED
+
+# Published by the daemon about webhooks (delivery/health.py). A webhook may always subscribe
+# to them: they are built in, never rows of the catalog, so an empty catalog stays empty and
+# keeps accepting any type.
 OPERATOR_EVENT_TYPES: dict[str, str] = {
-    "dispatcher.webhook.disabled": "The daemon disabled a webhook: it answered 410 Gone, or"
-    " every attempt failed for auto_disable_after_s.",
-    "dispatcher.webhook.failing": "Every attempt to a webhook has failed for failing_after_s.",
-    "dispatcher.webhook.recovered": "A webhook that was failing delivered again.",
+    WEBHOOK_DISABLED: "The daemon disabled a webhook: it answered 410 Gone, or every attempt"
+    " failed for auto_disable_after_s.",
+    WEBHOOK_FAILING: "Every attempt to a webhook has failed for failing_after_s.",
+    WEBHOOK_RECOVERED: "A webhook that was failing delivered again.",
 }
 
 # Health states, in the order they take precedence.
