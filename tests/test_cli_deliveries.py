@@ -39,6 +39,8 @@ ATTEMPT_FIELDS = [
     "response_truncated",
     "error_kind",
     "error_message",
+    "retry_in_s",
+    "retry_reason",
 ]
 
 
@@ -521,12 +523,14 @@ async def test_deliveries_show_lists_every_attempt_of_a_real_run(
             a["response_body"],
             a["error_kind"],
             a["error_message"],
+            a["retry_in_s"],
+            a["retry_reason"],
         )
         for a in data["attempts_log"]
     ] == [
-        (1, 503, "not yet", "status", "HTTP 503"),
-        (2, 503, "not yet", "status", "HTTP 503"),
-        (3, 200, None, None, None),  # a 2xx body is not read
+        (1, 503, "not yet", "status", "HTTP 503", 0.0, "schedule"),
+        (2, 503, "not yet", "status", "HTTP 503", 0.0, "schedule"),
+        (3, 200, None, None, None, None, None),  # a 2xx body is not read
     ]
     assert [a["duration_ms"] for a in data["attempts_log"]] == [a["duration_ms"] for a in attempts]
 
@@ -547,12 +551,16 @@ async def test_deliveries_show_lists_every_attempt_of_a_real_run(
         'payload:      {"n": 1}',
     ]
     lines = table.splitlines()
-    assert " ".join(lines[0].split()) == "# STARTED TOOK STATUS ERROR MESSAGE RESPONSE"
-    assert [re.sub(r"\s+", " ", line) for line in lines[1:]] == [
+    assert " ".join(lines[0].split()) == "# STARTED TOOK STATUS ERROR MESSAGE RESPONSE THEN"
+    assert [re.sub(r"\s+", " ", line).rstrip() for line in lines[1:]] == [
         f"{a['attempt']} {shown(a['started_at'])} {a['duration_ms']} ms {rest}"
         for a, rest in zip(
             attempts,
-            ["503 status HTTP 503 not yet", "503 status HTTP 503 not yet", "200 - - -"],
+            [
+                "503 status HTTP 503 not yet retry in 0 s (policy)",
+                "503 status HTTP 503 not yet retry in 0 s (policy)",
+                "200 - - -",
+            ],
             strict=True,
         )
     ]

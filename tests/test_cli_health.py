@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from click.testing import Result
 
+from dispatcher.manage.health import retry_text
 from tests.conftest import Cli, add_webhook, publish
 
 OPERATOR_TYPES = [
@@ -405,3 +406,51 @@ async def test_operator_types_cannot_be_added_or_removed(cli: Cli, db: asyncpg.P
             f"event type {name} is built in and cannot be removed",
         )
     assert await db.fetchval("SELECT count(*) FROM dispatcher.event_types") == 0
+
+
+# --- why an attempt's retry is when it is ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_in_s", "reason", "text"),
+    [
+        (120.0, "retry_after", "retry in 120 s (Retry-After)"),
+        (10.0, "throttle", "retry in 10 s (throttle minimum)"),
+        (0.0, "schedule", "retry in 0 s (policy)"),
+        (2.5, "schedule", "retry in 2.5 s (policy)"),
+        (3600.0, "retry_after", "retry in 3,600 s (Retry-After)"),
+        (None, "gone", "final (410 Gone, webhook disabled)"),
+        (None, "exhausted", "final (no attempts left)"),
+        (None, "not_retryable", "final (not retryable)"),
+        (None, None, ""),
+    ],
+)
+def test_retry_text(retry_in_s: float | None, reason: str | None, text: str) -> None:
+    assert retry_text(retry_in_s, reason) == text
+
+
+async def test_deliveries_show_says_why_each_retry_is_when_it_is(
+    cli: Cli, db: asyncpg.Pool
+) -> None:
+    await add_webhook(db, "https://crm.example/in", ["a.b"])
+    await publish(db, "a.b")
+    await db.execute(
+        "INSERT INTO dispatcher.attempts (delivery_id, attempt, started_at, duration_ms,"
+        " response_status, error_kind, error_message, retry_in_s, retry_reason)"
+        " VALUES (1, 1, now(), 3, 429, 'status', 'HTTP 429', 120, 'retry_after'),"
+        "        (1, 2, now(), 3, 503, 'status', 'HTTP 503', 10, 'throttle'),"
+        "        (1, 3, now(), 3, 410, 'status', 'HTTP 410', NULL, 'gone')"
+    )
+    out = await cli.ok("deliveries", "show", "1")
+    lines = [line for line in out.splitlines() if line.startswith(("1 ", "2 ", "3 "))]
+    assert [line.rstrip().endswith(end) for line, end in zip(lines, (
+        "retry in 120 s (Retry-After)",
+        "retry in 10 s (throttle minimum)",
+        "final (410 Gone, webhook disabled)",
+    ), strict=True)] == [True, True, True], out  # fmt: skip
+    shown = await cli.json("deliveries", "show", "1")
+    assert [(a["retry_in_s"], a["retry_reason"]) for a in shown["attempts_log"]] == [
+        (120.0, "retry_after"),
+        (10.0, "throttle"),
+        (None, "gone"),
+    ]

@@ -9,6 +9,7 @@ from dispatcher.cli.output import ago, emit_json, fields, plain, shorten, table
 from dispatcher.cli.params import DURATION, ID, Duration
 from dispatcher.manage import history
 from dispatcher.manage.fields import ATTEMPT_FIELDS, DELIVERY_FIELDS
+from dispatcher.manage.health import retry_text
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 STATUSES = click.Choice(["pending", "succeeded", "failed", "cancelled"])
@@ -117,10 +118,11 @@ def show(obj: Context, delivery_id: int, as_json: bool) -> None:
                 a["error_kind"],
                 shorten(a["error_message"], 50),
                 shorten(a["response_body"], 40) + (" …" if a["response_truncated"] else ""),
+                retry_text(a["retry_in_s"], a["retry_reason"]),
             )
             for a in attempts
         ],
-        ("#", "started", "took", "status", "error", "message", "response"),
+        ("#", "started", "took", "status", "error", "message", "response", "then"),
     )
 
 

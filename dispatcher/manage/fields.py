@@ -50,6 +50,8 @@ ATTEMPT_FIELDS = (
     "response_truncated",
     "error_kind",
     "error_message",
+    "retry_in_s",
+    "retry_reason",
 )
 FAILURE_FIELDS = (
     "delivery_id",

@@ -94,3 +94,26 @@ def success_rate(succeeded: int, failed: int) -> float | None:
     """The share of finished deliveries that succeeded, or None when none finished."""
     finished = succeeded + failed
     return succeeded / finished if finished else None
+
+
+# What attempts.retry_reason means, in a few words.
+_RETRY_REASONS = {
+    "schedule": "policy",
+    "retry_after": "Retry-After",
+    "throttle": "throttle minimum",
+}
+_FINAL_REASONS = {
+    "exhausted": "no attempts left",
+    "not_retryable": "not retryable",
+    "gone": "410 Gone, webhook disabled",
+}
+
+
+def retry_text(retry_in_s: float | None, retry_reason: str | None) -> str:
+    """Say what an attempt's outcome decided: "retry in 120 s (Retry-After)", "final (...)"."""
+    if retry_reason in _RETRY_REASONS and retry_in_s is not None:
+        wait = f"{retry_in_s:.1f}".removesuffix(".0") if retry_in_s < 10 else f"{retry_in_s:,.0f}"
+        return f"retry in {wait} s ({_RETRY_REASONS[retry_reason]})"
+    if retry_reason in _FINAL_REASONS:
+        return f"final ({_FINAL_REASONS[retry_reason]})"
+    return ""

@@ -78,7 +78,7 @@ WHERE d.id = $1;
 
 -- name: delivery_attempts
 SELECT attempt, started_at, duration_ms, response_status, response_body, response_truncated,
-       error_kind, error_message
+       error_kind, error_message, retry_in_s, retry_reason
 FROM dispatcher.attempts WHERE delivery_id = $1 ORDER BY attempt, id;
 
 -- name: bulk_resend

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from dispatcher.delivery.netguard import target_warning
 from dispatcher.manage.admin import NotFound
+from dispatcher.manage.health import retry_text
 from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.manage.validation import ValidationError, parse_id
 from dispatcher.web.app import POOL, PRINCIPAL, SETTINGS, Handler, principal
@@ -76,6 +77,7 @@ def setup_templates(app: web.Application) -> None:
     env.filters["age"] = age
     env.filters["until"] = until
     env.filters["error_label"] = error_label
+    env.filters["retry_text"] = retry_text
     env.filters["plural"] = plural
     env.filters["json_pretty"] = json_pretty
 

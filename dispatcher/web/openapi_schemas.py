@@ -37,6 +37,8 @@ def array(items: Schema) -> Schema:
 
 
 STRING: Schema = {"type": "string"}
+# attempts.retry_reason (migration 007).
+RETRY_REASONS = ("schedule", "retry_after", "throttle", "exhausted", "not_retryable", "gone")
 BOOLEAN: Schema = {"type": "boolean"}
 INTEGER: Schema = {"type": "integer"}
 NUMBER: Schema = {"type": "number"}
@@ -328,6 +330,16 @@ SCHEMAS: dict[str, Schema] = {
                         "response_truncated": BOOLEAN,
                         "error_kind": nullable(STRING),
                         "error_message": nullable(STRING),
+                        "retry_in_s": {
+                            **nullable(NUMBER),
+                            "description": "Seconds until the retry this attempt scheduled.",
+                        },
+                        "retry_reason": {
+                            "enum": [*RETRY_REASONS, None],
+                            "description": "What chose the retry's time (schedule, retry_after,"
+                            " throttle), or why there was none (exhausted, not_retryable, gone);"
+                            " null after a success.",
+                        },
                     }
                 )
             ),
