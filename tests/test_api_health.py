@@ -268,3 +268,10 @@ async def test_a_webhook_added_in_sql_shows_health_too(api: Api, db: asyncpg.Poo
     wid, _ = await add_webhook(db, "https://x.example/", ["a.b"])
     got = await api.ok("GET", f"{V1}/webhooks/{wid}")
     assert got["health"] == HEALTHY and got["disabled_reason"] is None
+
+
+async def test_only_the_daemon_publishes_operator_types(api: Api, db: asyncpg.Pool) -> None:
+    body = {"event_type": "dispatcher.webhook.failing", "data": {}}
+    reply = await api.problem("POST", f"{V1}/events", body)
+    assert "reserved" in reply.detail and "dispatcher.webhook.failing" in reply.detail
+    assert await db.fetchval("SELECT count(*) FROM dispatcher.events") == 0

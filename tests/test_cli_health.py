@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from click.testing import Result
 
 from dispatcher.manage.health import retry_text
-from tests.conftest import Cli, add_webhook, publish
+from tests.conftest import Cli, Receiver, add_webhook, publish
 
 OPERATOR_TYPES = [
     "dispatcher.webhook.disabled",
@@ -454,3 +455,21 @@ async def test_deliveries_show_says_why_each_retry_is_when_it_is(
         (10.0, "throttle"),
         (None, "gone"),
     ]
+
+
+async def test_only_the_daemon_publishes_operator_types(
+    cli: Cli, db: asyncpg.Pool, receiver: Receiver
+) -> None:
+    wid, _ = await add_webhook(db, receiver.url + "/ops", ["dispatcher.webhook.disabled"])
+    result = await cli("events", "publish", "dispatcher.webhook.disabled", "--data", "{}")
+    assert_error(
+        result,
+        "event type dispatcher.webhook.disabled is reserved: only the daemon publishes"
+        " dispatcher.* operator events (try an operations webhook with"
+        " `dispatcher webhooks test ID --event-type dispatcher.webhook.disabled`)",
+    )
+    assert await db.fetchval("SELECT count(*) FROM dispatcher.events") == 0
+    # What the message suggests works: a signed test event of that type, to that webhook only.
+    await cli.ok("webhooks", "test", str(wid), "--event-type", "dispatcher.webhook.disabled")
+    [request] = receiver.requests
+    assert orjson.loads(request.body)["type"] == "dispatcher.webhook.disabled"

@@ -40,6 +40,10 @@ class Published:
     same_as_sent: bool = True
 
 
+# The operator events' prefix (delivery/health.py): not for producers.
+RESERVED_PREFIX = "dispatcher."
+
+
 async def publish_event(
     conn: asyncpg.Connection,
     event_type: str,
@@ -54,6 +58,13 @@ async def publish_event(
     `data_json` must be JSON that jsonb can store. It is stored as given.
     """
     check_event_type(event_type, allow_star=False)
+    if event_type.startswith(RESERVED_PREFIX):
+        # Receivers of operator events must be able to trust that the daemon sent them.
+        raise ValidationError(
+            f"event type {event_type} is reserved: only the daemon publishes {RESERVED_PREFIX}*"
+            " operator events (try an operations webhook with"
+            " `dispatcher webhooks test ID --event-type dispatcher.webhook.disabled`)"
+        )
     parse_json(data_json, what="the data")
     if not allow_unknown:
         await check_known_types(conn, [event_type])
