@@ -122,6 +122,9 @@ WITH RECURSIVE heads AS (
                FROM leased l GROUP BY l.webhook_id) n ON n.webhook_id = gt.webhook_id
     WHERE g.webhook_id = ANY (ARRAY(SELECT webhook_id FROM gates))
       AND g.webhook_id = gt.webhook_id
+      -- Nothing taken leaves the bucket as it was (it refills from tokens_at whenever read):
+      -- no new row version, except to note now and then that the limit held rows back.
+      AND (n.taken > 0 OR g.throttled_at IS NULL OR g.throttled_at < now() - interval '10 s')
 ), scan AS (
     -- What the loop needs to decide when to lease next, from the heads already read: seconds
     -- until the earliest head can go (NULL when nothing is pending; leased rows count, due
