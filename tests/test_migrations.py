@@ -78,3 +78,37 @@ async def test_migrations_on_an_empty_database_yield_the_expected_schema(
 def test_migration_files_are_numbered_without_gaps() -> None:
     versions = [m.version for m in migrate.migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_endpoint_health_migrates_existing_webhooks(
+    empty_db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """007 on an installation with webhooks: each gets a health row, and a disabled one the
+    reason it must have had (an operator's), with nothing else changed."""
+    before = [m for m in migrate.migrations() if m.version < 7]
+    monkeypatch.setattr(migrate, "migrations", lambda: before)
+    await migrate.apply_migrations(empty_db)
+    await empty_db.execute(
+        "INSERT INTO dispatcher.webhooks (service_name, url, event_types, status)"
+        " VALUES ('on', 'https://on.example/', '{a}', 'active'),"
+        "        ('off', 'https://off.example/', '{a}', 'disabled')"
+    )
+    await empty_db.execute("SELECT dispatcher.publish('a', '{}')")
+    kept = await empty_db.fetch("SELECT * FROM dispatcher.webhooks ORDER BY id")
+    monkeypatch.undo()
+
+    assert [m.version for m in await migrate.apply_migrations(empty_db)] == [7]
+
+    rows = await empty_db.fetch(
+        "SELECT w.*, h.webhook_id AS health_row, h.consecutive_failures, h.breaker_until"
+        " FROM dispatcher.webhooks w JOIN dispatcher.webhook_health h ON h.webhook_id = w.id"
+        " ORDER BY w.id"
+    )
+    assert [
+        (r["service_name"], r["status"], r["disabled_reason"], r["disabled_at"] is not None)
+        for r in rows
+    ] == [("on", "active", None, False), ("off", "disabled", "manual", True)]
+    assert all((r["consecutive_failures"], r["breaker_until"]) == (0, None) for r in rows)
+    columns = kept[0].keys()  # a Record iterates over its values, not its keys
+    assert [{k: r[k] for k in columns} for r in rows] == [dict(k) for k in kept]
+    assert await empty_db.fetchval("SELECT count(*) FROM dispatcher.deliveries") == 1

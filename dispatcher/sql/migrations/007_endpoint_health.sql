@@ -11,9 +11,13 @@ ALTER TABLE dispatcher.webhooks
     -- NULL: the daemon's configured default policy.
     ADD COLUMN retry_policy text CHECK (retry_policy IN ('schedule', 'exponential'));
 
+-- A webhook disabled before now was disabled by an operator, at its last change at the latest.
+-- Not a change to the webhook: updated_at stays as it was.
+ALTER TABLE dispatcher.webhooks DISABLE TRIGGER webhooks_touch;
 UPDATE dispatcher.webhooks
 SET disabled_reason = 'manual', disabled_at = updated_at
 WHERE status = 'disabled';
+ALTER TABLE dispatcher.webhooks ENABLE TRIGGER webhooks_touch;
 
 -- Written by the outcome write (failures, breaker), the lease (tokens, the breaker's probe) and
 -- enable (a fresh start); read by the lease by primary key. Kept apart from webhooks so that
