@@ -36,14 +36,14 @@ _PREPARE = {
     "lease_batch": "int, float8, bigint[], uuid, bigint[], int[], int, bigint, int",
     "record_outcomes": (
         "bigint[], uuid[], text[], float8[], int[], timestamptz[], int[], int[], text[],"
-        " bool[], text[], text[], bigint[], text[], bool[], int, float8, float8, float8, float8,"
-        " int"
+        " bool[], text[], text[], text[], bigint[], bool[], bool[], int[], timestamptz[],"
+        " timestamptz[], text[], int[], bigint[], int, float8, float8, float8, float8, int"
     ),
     "release_leases": "bigint[], uuid[]",
     "sweep_deliveries": "float8, int",
     "sweep_events": "float8, int, timestamptz, uuid",
 }
-_EMPTY_OUTCOMES = ", ".join(["'{}'"] * 15 + ["10", "30", "600", "86400", "432000", "10"])
+_EMPTY_OUTCOMES = ", ".join(["'{}'"] * 22 + ["10", "30", "600", "86400", "432000", "10"])
 _EMPTY_ARGS = {
     "lease_batch": "1, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 1000",
     "record_outcomes": _EMPTY_OUTCOMES,
@@ -143,11 +143,16 @@ async def prepare_all(c: asyncpg.Connection) -> None:
 
 async def outcome_args(c: asyncpg.Connection, leased: list[store.LeasedDelivery]) -> str:
     """The arguments of record_outcomes for `leased`, as SQL literals for EXECUTE."""
+    now = datetime.now(UTC)
+    webhooks = sorted({d.webhook_id for d in leased})
     literal: str = await c.fetchval(
-        "SELECT format('%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L',"
+        "SELECT format('%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L',"
         " $1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],"
         " $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::bool[],"
-        " $11::text[], $12::text[], $13::bigint[], $14::text[], $15::bool[])"
+        " $11::text[], $12::text[], $13::text[])"
+        " || ', ' || format('%L, %L, %L, %L, %L, %L, %L, %L, %L', $14::bigint[], $15::bool[],"
+        " $16::bool[], $17::int[], $18::timestamptz[], $19::timestamptz[], $20::text[],"
+        " $21::int[], $22::bigint[])"
         " || ', 5, 30, 600, 0, 0, 1'",
         # Failures that count toward the breaker: the health rows are written too, the breaker
         # opens, and every webhook is due for a failing report and a disable.
@@ -156,16 +161,23 @@ async def outcome_args(c: asyncpg.Connection, leased: list[store.LeasedDelivery]
         ["pending"] * len(leased),
         [30.0] * len(leased),
         [d.attempt for d in leased],
-        [datetime.now(UTC)] * len(leased),
+        [now] * len(leased),
         [5] * len(leased),
         [503] * len(leased),
         ["unavailable"] * len(leased),
         [False] * len(leased),
         ["status"] * len(leased),
         ["HTTP 503"] * len(leased),
-        [d.webhook_id for d in leased],
         ["schedule"] * len(leased),
-        [True] * len(leased),
+        webhooks,
+        [False] * len(webhooks),
+        [False] * len(webhooks),
+        [len(leased)] * len(webhooks),
+        [now] * len(webhooks),
+        [now] * len(webhooks),
+        ["HTTP 503"] * len(webhooks),
+        [len(leased)] * len(webhooks),
+        [d.id for d in leased],
     )
     return literal
 

@@ -158,24 +158,24 @@ LEFT JOIN (leased l
                                WHERE w.id = l.webhook_id LIMIT 1) w) ON true;
 
 -- name: record_outcomes
--- One row per finished attempt, as parallel arrays ($1-$15). A row whose lease token no longer
+-- One row per finished attempt, as parallel arrays ($1-$13). A row whose lease token no longer
 -- matches (the lease expired and another worker took it, or the webhook was disabled) changes
--- nothing. The same statement keeps each webhook's health row: its failure streak and its
--- circuit breaker ($16 failures to open it, $17 the first cool-off, doubling up to $18). It
--- returns the deliveries written and, as JSON, the webhooks whose health needs the daemon's
--- attention: a breaker opened or closed, or a streak old enough to be reported ($19 s) or to
--- disable the webhook ($20 s and $21 attempts), or a reported streak that has ended.
+-- nothing. The same statement keeps each webhook's health row from what the batch did to it,
+-- one entry per webhook ($14-$21, summed up by the caller, in the order the attempts finished;
+-- $22 the deliveries that failed): its failure streak, and its circuit breaker ($23 failures to
+-- open it, $24 the first cool-off, doubling up to $25). It returns the deliveries written and,
+-- as JSON, the webhooks whose health needs the daemon's attention: a breaker opened or closed,
+-- or a streak old enough to be reported ($26 s) or to disable the webhook ($27 s and $28
+-- attempts), or a reported streak that has ended.
 WITH o AS MATERIALIZED (
-    -- Unnested once: however the join below is planned, a rescan reads this in memory. The
-    -- ordinality is the order the attempts finished in, which a streak depends on.
+    -- Unnested once: however the join below is planned, a rescan reads this in memory.
     SELECT *
     FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],
                 $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::bool[],
-                $11::text[], $12::text[], $13::bigint[], $14::text[], $15::bool[])
-      WITH ORDINALITY
+                $11::text[], $12::text[], $13::text[])
       AS o(delivery_id, lease_token, status, retry_in_s, attempt,
            started_at, duration_ms, response_status, response_body, response_truncated,
-           error_kind, error_message, webhook_id, retry_reason, breaker, ord)
+           error_kind, error_message, retry_reason)
 ), updated AS (
     UPDATE dispatcher.deliveries d
     SET status = o.status,
@@ -203,35 +203,20 @@ WITH o AS MATERIALIZED (
            CASE WHEN u.status = 'pending' THEN u.retry_in_s END, u.retry_reason
     FROM updated u
     RETURNING delivery_id
-), marks AS (
-    -- Per webhook, where its last success and its last outcome that is not a breaker failure
-    -- (a success, or an answer such as a 4xx) fall in the batch.
-    SELECT u.webhook_id,
-           coalesce(max(u.ord) FILTER (WHERE u.status = 'succeeded'), 0) AS last_ok,
-           coalesce(max(u.ord) FILTER (WHERE NOT u.breaker), 0) AS last_reset
-    FROM updated u
-    GROUP BY u.webhook_id
 ), batch AS (
-    -- What the batch adds to each webhook's streaks: failures after its last success, breaker
-    -- failures after its last other outcome; 0 marks "none in this batch".
-    SELECT m.webhook_id, m.last_ok > 0 AS any_ok, m.last_reset > 0 AS any_reset,
-           count(*) FILTER (WHERE u.status <> 'succeeded' AND u.ord > m.last_ok) AS failures,
-           min(u.started_at) FILTER (WHERE u.status <> 'succeeded' AND u.ord > m.last_ok)
-               AS first_failure_at,
-           max(u.started_at) FILTER (WHERE u.status <> 'succeeded') AS last_failure_at,
-           (array_agg(coalesce(u.error_message, 'HTTP ' || u.response_status) ORDER BY u.ord DESC)
-               FILTER (WHERE u.status <> 'succeeded'))[1] AS last_error,
-           count(*) FILTER (WHERE u.breaker AND u.ord > m.last_reset) AS breaker_failures,
-           array_agg(u.delivery_id) AS ids,
-           coalesce(array_agg(u.delivery_id) FILTER (WHERE u.status <> 'succeeded'), '{}')
-               AS failed_ids
-    FROM updated u
-    JOIN marks m ON m.webhook_id = u.webhook_id
-    GROUP BY m.webhook_id, m.last_ok, m.last_reset
+    -- Per webhook: whether the batch had a success (which ends the failure streak) or another
+    -- outcome that is not a breaker failure (which ends the breaker's count), and what came
+    -- after the last of each: failures, breaker failures, the first and last failure, the last
+    -- error. An attempt whose lease was lost still counts here: the endpoint did answer it.
+    SELECT *
+    FROM unnest($14::bigint[], $15::bool[], $16::bool[], $17::int[], $18::timestamptz[],
+                $19::timestamptz[], $20::text[], $21::int[])
+      AS b(webhook_id, any_ok, any_reset, failures, first_failure_at, last_failure_at,
+           last_error, breaker_failures)
 ), health AS (
     -- Every expression reads the row as it is now (h), not as this statement's snapshot saw
     -- it, so a lease that spent tokens or claimed a probe meanwhile is not undone. `was` is
-    -- that snapshot, for reporting what changed. A breaker opens at $16 breaker failures in a
+    -- that snapshot, for reporting what changed. A breaker opens at $23 breaker failures in a
     -- row, reopens for a longer cool-off when its probe fails, and closes on any other outcome.
     UPDATE dispatcher.webhook_health h
     SET consecutive_failures
@@ -244,26 +229,26 @@ WITH o AS MATERIALIZED (
             = CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures,
         breaker_until = CASE
             WHEN CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures
-                 < $16::int THEN NULL
-            WHEN h.breaker_until IS NULL OR h.probe_delivery_id = ANY (b.failed_ids)
+                 < $23::int THEN NULL
+            WHEN h.breaker_until IS NULL OR h.probe_delivery_id = ANY ($22::bigint[])
             THEN now() + make_interval(
-                secs => least($18::float8, $17::float8 * 2 ^ least(h.breaker_trips, 30)))
+                secs => least($25::float8, $24::float8 * 2 ^ least(h.breaker_trips, 30)))
             ELSE h.breaker_until END,
         breaker_trips = CASE
             WHEN CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures
-                 < $16::int THEN 0
-            WHEN h.breaker_until IS NULL OR h.probe_delivery_id = ANY (b.failed_ids)
+                 < $23::int THEN 0
+            WHEN h.breaker_until IS NULL OR h.probe_delivery_id = ANY ($22::bigint[])
             THEN h.breaker_trips + 1
             ELSE h.breaker_trips END,
         breaker_opened_at = CASE
             WHEN CASE WHEN b.any_reset THEN 0 ELSE h.breaker_failures END + b.breaker_failures
-                 < $16::int THEN NULL
+                 < $23::int THEN NULL
             WHEN h.breaker_until IS NULL THEN now()
             ELSE h.breaker_opened_at END,
-        probe_delivery_id = CASE WHEN h.probe_delivery_id = ANY (b.ids) THEN NULL
+        probe_delivery_id = CASE WHEN h.probe_delivery_id = ANY ($1::bigint[]) THEN NULL
                                  ELSE h.probe_delivery_id END
     FROM batch b, dispatcher.webhook_health was
-    WHERE h.webhook_id = ANY (ARRAY(SELECT webhook_id FROM batch))
+    WHERE h.webhook_id = ANY ($14::bigint[])
       AND h.webhook_id = b.webhook_id AND was.webhook_id = b.webhook_id
       -- A success for a healthy webhook, the common case, writes nothing.
       AND (b.failures > 0 OR h.consecutive_failures > 0 OR h.breaker_failures > 0
@@ -284,9 +269,9 @@ WITH o AS MATERIALIZED (
                'closed', x.breaker_until IS NULL AND x.was_breaker_until IS NOT NULL,
                'recovered', x.consecutive_failures = 0 AND x.failing_since IS NOT NULL,
                'failing', x.consecutive_failures > 0 AND x.failing_since IS NULL
-                          AND x.first_failure_at <= now() - make_interval(secs => $19::float8),
-               'disable', x.consecutive_failures >= $21::int
-                          AND x.first_failure_at <= now() - make_interval(secs => $20::float8)
+                          AND x.first_failure_at <= now() - make_interval(secs => $26::float8),
+               'disable', x.consecutive_failures >= $28::int
+                          AND x.first_failure_at <= now() - make_interval(secs => $27::float8)
            ) AS item
     FROM health x
 )
