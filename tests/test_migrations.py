@@ -109,6 +109,6 @@ async def test_endpoint_health_migrates_existing_webhooks(
         for r in rows
     ] == [("on", "active", None, False), ("off", "disabled", "manual", True)]
     assert all((r["consecutive_failures"], r["breaker_until"]) == (0, None) for r in rows)
-    columns = kept[0].keys()  # a Record iterates over its values, not its keys
+    columns = list(kept[0].keys())  # a Record iterates over its values, not its keys
     assert [{k: r[k] for k in columns} for r in rows] == [dict(k) for k in kept]
     assert await empty_db.fetchval("SELECT count(*) FROM dispatcher.deliveries") == 1
