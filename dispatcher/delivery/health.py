@@ -10,8 +10,7 @@ import asyncpg
 import orjson
 import structlog
 
-from dispatcher.settings import Settings
-from dispatcher.store import QUERIES, TRANSIENT_DB_ERRORS
+from dispatcher.store import QUERIES, TRANSIENT_DB_ERRORS, HealthRules
 
 if TYPE_CHECKING:
     from dispatcher.ops.metrics import Metrics
@@ -19,10 +18,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("dispatcher.delivery.health")
 
 # The operator events, published through the producers' own SQL contract (dispatcher.publish).
-WEBHOOK_DISABLED = "dispatcher.webhook.disabled"
-WEBHOOK_FAILING = "dispatcher.webhook.failing"
-WEBHOOK_RECOVERED = "dispatcher.webhook.recovered"
-OPERATOR_EVENT_TYPES = (WEBHOOK_DISABLED, WEBHOOK_FAILING, WEBHOOK_RECOVERED)
+# Their prefix is reserved: producers may not publish it, and '*' does not match it.
+OPERATOR_PREFIX = "dispatcher."
+WEBHOOK_DISABLED = OPERATOR_PREFIX + "webhook.disabled"
+WEBHOOK_FAILING = OPERATOR_PREFIX + "webhook.failing"
+WEBHOOK_RECOVERED = OPERATOR_PREFIX + "webhook.recovered"
 
 
 class HealthKeeper:
@@ -35,12 +35,12 @@ class HealthKeeper:
     webhook's next outcome (a 410 answers again), so it is taken then.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, rules: HealthRules, gone_disables: bool, metrics: Metrics | None = None
+    ) -> None:
+        self._rules = rules
+        self._gone_disables = gone_disables
         self._metrics = metrics
-        self._gone_disables = settings.gone_disables_webhook
-        self._failing_after_s = settings.failing_after_s
-        self._disable_after_s = settings.auto_disable_after_s
-        self._disable_min_attempts = settings.auto_disable_min_attempts
 
     async def act(
         self,
@@ -74,7 +74,7 @@ class HealthKeeper:
                 True,
                 QUERIES["mark_failing"],
                 webhook_id,
-                self._failing_after_s,
+                self._rules.failing_after_s,
             )
         if item["recovered"]:
             await self._publish_once(
@@ -107,8 +107,8 @@ class HealthKeeper:
                 QUERIES["disable_unhealthy_webhook"],
                 webhook_id,
                 reason,
-                self._disable_after_s,
-                self._disable_min_attempts,
+                self._rules.auto_disable_after_s,
+                self._rules.auto_disable_min_attempts,
             )
             if row is None:
                 return

@@ -42,7 +42,7 @@ class OutcomeWriter:
         self._metrics = metrics
         self._policy = RetryPolicy.from_settings(settings)
         self._rules = HealthRules.from_settings(settings)
-        self._health = HealthKeeper(settings, metrics)
+        self._health = HealthKeeper(self._rules, settings.gone_disables_webhook, metrics)
         self._interval = settings.flush_interval_s
         self._max = settings.flush_max_outcomes
         self._on_retry_due = on_retry_due

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from dispatcher.delivery.health import OPERATOR_PREFIX
 from dispatcher.manage.admin import check_known_types, found, get_webhook
 from dispatcher.manage.validation import ValidationError, check_event_type, check_text, parse_json
 from dispatcher.store import load_queries
@@ -40,10 +41,6 @@ class Published:
     same_as_sent: bool = True
 
 
-# The operator events' prefix (delivery/health.py): not for producers.
-RESERVED_PREFIX = "dispatcher."
-
-
 async def publish_event(
     conn: asyncpg.Connection,
     event_type: str,
@@ -58,10 +55,10 @@ async def publish_event(
     `data_json` must be JSON that jsonb can store. It is stored as given.
     """
     check_event_type(event_type, allow_star=False)
-    if event_type.startswith(RESERVED_PREFIX):
+    if event_type.startswith(OPERATOR_PREFIX):
         # Receivers of operator events must be able to trust that the daemon sent them.
         raise ValidationError(
-            f"event type {event_type} is reserved: only the daemon publishes {RESERVED_PREFIX}*"
+            f"event type {event_type} is reserved: only the daemon publishes {OPERATOR_PREFIX}*"
             " operator events (try an operations webhook with"
             " `dispatcher webhooks test ID --event-type dispatcher.webhook.disabled`)"
         )

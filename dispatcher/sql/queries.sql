@@ -257,29 +257,21 @@ WITH o AS MATERIALIZED (
               h.breaker_until, h.breaker_trips, h.failing_since,
               was.breaker_until AS was_breaker_until, was.breaker_trips AS was_breaker_trips
 ), attention AS (
-    SELECT jsonb_build_object(
-               'webhook_id', x.webhook_id,
-               'consecutive_failures', x.consecutive_failures,
-               'last_error', x.last_error,
-               'breaker_until', x.breaker_until,
-               'breaker_trips', x.breaker_trips,
-               'opened', x.breaker_until IS NOT NULL AND x.was_breaker_until IS NULL,
-               'reopened', x.was_breaker_until IS NOT NULL
-                           AND x.breaker_trips > x.was_breaker_trips,
-               'closed', x.breaker_until IS NULL AND x.was_breaker_until IS NOT NULL,
-               'recovered', x.consecutive_failures = 0 AND x.failing_since IS NOT NULL,
-               'failing', x.consecutive_failures > 0 AND x.failing_since IS NULL
-                          AND x.first_failure_at <= now() - make_interval(secs => $26::float8),
-               'disable', x.consecutive_failures >= $28::int
-                          AND x.first_failure_at <= now() - make_interval(secs => $27::float8)
-           ) AS item
+    SELECT x.webhook_id, x.consecutive_failures, x.last_error, x.breaker_until, x.breaker_trips,
+           x.breaker_until IS NOT NULL AND x.was_breaker_until IS NULL AS opened,
+           x.was_breaker_until IS NOT NULL AND x.breaker_trips > x.was_breaker_trips AS reopened,
+           x.breaker_until IS NULL AND x.was_breaker_until IS NOT NULL AS closed,
+           x.consecutive_failures = 0 AND x.failing_since IS NOT NULL AS recovered,
+           x.consecutive_failures > 0 AND x.failing_since IS NULL
+               AND x.first_failure_at <= now() - make_interval(secs => $26::float8) AS failing,
+           x.consecutive_failures >= $28::int
+               AND x.first_failure_at <= now() - make_interval(secs => $27::float8) AS disable
     FROM health x
 )
 SELECT (SELECT coalesce(array_agg(delivery_id), '{}') FROM logged) AS written,
-       (SELECT jsonb_agg(a.item)::text FROM attention a
-        WHERE (a.item ->> 'opened')::bool OR (a.item ->> 'reopened')::bool
-           OR (a.item ->> 'closed')::bool OR (a.item ->> 'recovered')::bool
-           OR (a.item ->> 'failing')::bool OR (a.item ->> 'disable')::bool) AS attention;
+       (SELECT jsonb_agg(a)::text FROM attention a
+        WHERE a.opened OR a.reopened OR a.closed OR a.recovered OR a.failing OR a.disable)
+           AS attention;
 
 -- name: release_leases
 -- Hand back leased rows that were never attempted: due at once, and the attempt not counted.
