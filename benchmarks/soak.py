@@ -20,7 +20,8 @@ Once the daemon has a database session, a publisher process (benchmarks.soak_loa
 --rate deliveries a second for --minutes, in small INSERT INTO dispatcher.events batches paced
 by a monotonic clock; shares: fast 2, slow 1, failing 2 per endpoint. Every minute from its
 start, the report takes: offered, succeeded and all attempts per second (at the receiver),
-latency p50/p99 (the event's created_at to its arrival, 200s only), pending rows and the oldest
+latency p50/p99 (the event's created_at to its arrival at the fast and slow endpoints; the JSON
+has every kind, the failing ones' retry delays included), pending rows and the oldest
 due age (now() - min(run_at) over pending rows with no lease and run_at <= now()), the size of
 every dispatcher table with its partitions (pg_partition_tree) and of the hot table
 (deliveries_active once history is partitioned, else deliveries) with its dead rows, the leaf
@@ -32,7 +33,10 @@ REPEATABLE READ and a SELECT on dispatcher.deliveries (a snapshot that stops vac
 on every partition), keeps it H minutes, then commits. A minute at least half inside that
 window counts as held; the summary compares held minutes with the ones not touched by it.
 
-The per-minute rows and the summary go to --json-out (default soak-<UTC time>.json here).
+Retention has acted once the oldest event is younger than the first one published (an event
+goes only after its deliveries); the summary compares the sizes of deliveries, attempts and
+events at that minute with the end. A run takes --minutes plus about 20 s. The per-minute rows
+and the summary go to --json-out (default soak-<UTC time>.json in the current directory).
 """
 
 from __future__ import annotations
