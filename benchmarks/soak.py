@@ -131,6 +131,12 @@ ORDER BY c.relname"""
 DUE_AGE_SQL = """
 SELECT coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8 FROM dispatcher.deliveries
 WHERE status = 'pending' AND lease_token IS NULL AND run_at <= now()"""
+# What the database as a whole does per minute: WAL written, transactions committed, sessions.
+# The WAL position is server-wide (other databases' writes count too); this run is alone here.
+PRIMARY_SQL = """
+SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS lsn,
+       (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits,
+       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()) AS sessions"""
 EVENTS_SQL = """
 SELECT extract(epoch FROM min(created_at))::float8, extract(epoch FROM now())::float8
 FROM dispatcher.events"""
@@ -200,11 +206,16 @@ class Sampler:
     status_read: int = 0
     log_read: int = 0
     first_event_at: float | None = None
+    last_lsn: float | None = None
+    last_commits: int = 0
 
     async def start(self) -> None:
         self.last_t = self.t0
         self.last_cpu_s = _cpu_s(self.daemon.proc.pid)
         self.last_pg = await self.pg.sample()
+        async with self.db.acquire() as conn:
+            primary = await conn.fetchrow(PRIMARY_SQL)
+        self.last_lsn, self.last_commits = primary["lsn"], primary["commits"]
 
     async def sample(self, minute: int) -> dict[str, Any]:
         now = time.time()
@@ -220,6 +231,8 @@ class Sampler:
             pending = await conn.fetchval(PENDING_SQL)
             due_age_s = await conn.fetchval(DUE_AGE_SQL)
             oldest_event_at, db_now = await conn.fetchrow(EVENTS_SQL)
+            primary = await conn.fetchrow(PRIMARY_SQL)
+            wal_bytes = 0.0 if self.last_lsn is None else primary["lsn"] - self.last_lsn
         if self.first_event_at is None:
             self.first_event_at = oldest_event_at
         by_name = {r["name"]: r for r in relations}
@@ -249,7 +262,13 @@ class Sampler:
             "pg_daemon_cpu_pct": None if pg_daemon_s is None else pg_daemon_s / span * 100,
             "pg_server_cpu_pct": None if pg_server_s is None else pg_server_s / span * 100,
             "log_events": self.log_events(),
+            "wal_mb_per_s": wal_bytes / span / 2**20,
+            "commits_per_s": (primary["commits"] - self.last_commits) / span
+            if self.last_lsn is not None
+            else None,
+            "sessions": primary["sessions"],
         }
+        self.last_lsn, self.last_commits = primary["lsn"], primary["commits"]
         self.last_t, self.last_cpu_s, self.last_pg, self.published = now, cpu_s, pg, published
         return row
 
@@ -540,7 +559,7 @@ HEAD = (
     f"{'min':>4} {'held':>4} {'offer/s':>8} {'ok/s':>7} {'tries/s':>7} {'p50 ms':>7}"
     f" {'p99 ms':>7} {'pending':>8} {'due age s':>9} {'hot MB':>7} {'hot dead':>8}"
     f" {'deliv MB':>8} {'attmp MB':>8} {'event MB':>8} {'parts':>5} {'history s':>9}"
-    f" {'CPU %':>5} {'PG %':>5} {'RSS MB':>6}  log events"
+    f" {'CPU %':>5} {'PG %':>5} {'RSS MB':>6} {'WAL MB/s':>8} {'xact/s':>6}  log events"
 )
 
 
@@ -565,7 +584,8 @@ def row_line(m: dict[str, Any]) -> str:
         f" {_mb(tables.get('attempts', {}).get('total_bytes')):>8}"
         f" {_mb(tables.get('events', {}).get('total_bytes')):>8} {m['partitions']:>5}"
         f" {_num(m['history_s'], '.0f'):>9} {m['daemon_cpu_pct']:>5.0f}"
-        f" {_num(m['pg_daemon_cpu_pct'], '.0f'):>5} {m['daemon_rss_mb']:>6.0f}  {events}"
+        f" {_num(m['pg_daemon_cpu_pct'], '.0f'):>5} {m['daemon_rss_mb']:>6.0f}"
+        f" {m['wal_mb_per_s']:>8.2f} {_num(m['commits_per_s'], ',.0f'):>6}  {events}"
     )
 
 
