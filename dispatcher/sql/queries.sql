@@ -343,16 +343,17 @@ WHERE d.id = ANY (ARRAY(SELECT id FROM doomed))
 -- (the oldest range partition's lower bound). Attempts have their own clock: a delivery still
 -- pending after retention_s keeps its recent attempts only.
 WITH doomed AS MATERIALIZED (
-    SELECT a.delivery_id, a.attempt
+    SELECT a.delivery_id
     FROM dispatcher.attempts a
     WHERE a.started_at < least(now() - make_interval(secs => $1::float8), $3::timestamptz)
     ORDER BY a.started_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), deleted AS (
+    -- By the id array, for the planner (see record_outcomes); with each attempt examined go the
+    -- other attempts of its delivery that are past retention too.
     DELETE FROM dispatcher.attempts a
-    USING doomed x
-    WHERE a.delivery_id = x.delivery_id AND a.attempt = x.attempt
+    WHERE a.delivery_id = ANY (ARRAY(SELECT delivery_id FROM doomed))
       AND a.started_at < least(now() - make_interval(secs => $1::float8), $3::timestamptz)
     RETURNING 1
 )
