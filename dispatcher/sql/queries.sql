@@ -16,7 +16,7 @@ WITH RECURSIVE heads AS (
     -- webhook's head, its earliest run_at. The head is in the past exactly when it has due work.
     (SELECT d.webhook_id, d.run_at, d.id, 1 AS visited
      FROM dispatcher.deliveries_active d
-     WHERE d.webhook_id > $8
+     WHERE d.status = 'pending' AND d.webhook_id > $8
      ORDER BY d.webhook_id, d.run_at, d.id
      LIMIT 1)
     UNION ALL
@@ -25,7 +25,7 @@ WITH RECURSIVE heads AS (
     CROSS JOIN LATERAL (
         SELECT d.webhook_id, d.run_at, d.id
         FROM dispatcher.deliveries_active d
-        WHERE d.webhook_id > h.webhook_id
+        WHERE d.status = 'pending' AND d.webhook_id > h.webhook_id
         ORDER BY d.webhook_id, d.run_at, d.id
         LIMIT 1) nxt
     WHERE h.visited < $9
@@ -80,7 +80,7 @@ WITH RECURSIVE heads AS (
     CROSS JOIN LATERAL (
         SELECT d.id, d.run_at
         FROM dispatcher.deliveries_active d
-        WHERE d.webhook_id = e.webhook_id
+        WHERE d.webhook_id = e.webhook_id AND d.status = 'pending'
           AND (d.run_at, d.id) >= (e.head, e.head_id) AND d.run_at <= now()
         ORDER BY d.run_at, d.id
         LIMIT least(e.free, ceil($1::float8 / (SELECT count(*) FROM eligible))::int)

@@ -118,10 +118,13 @@ CREATE INDEX deliveries_message ON dispatcher.deliveries (message_id);
 CREATE INDEX deliveries_webhook ON dispatcher.deliveries (webhook_id, created_at);
 -- The console's outcome charts read finished rows by time within a partition.
 CREATE INDEX deliveries_finished ON dispatcher.deliveries_done (finished_at);
--- The lease walks this once per webhook with pending rows (see lease_batch). Not partial: every
--- row of deliveries_active is pending, and a partial index would be offered to statements that
--- name the status as a walk of every pending row.
-CREATE INDEX deliveries_pending ON dispatcher.deliveries_active (webhook_id, run_at, id);
+-- The lease walks this once per webhook with pending rows (see lease_batch). Partial as before,
+-- though every row of deliveries_active is pending: a statement that names the status (the
+-- lease; the queue gauges and counts, through the parent) has it as an index path, one that
+-- does not (the outcome write) is not offered a walk of every pending row, and a query with no
+-- other path never gets a disabled sequential scan, whose cost would set off JIT compilation.
+CREATE INDEX deliveries_pending ON dispatcher.deliveries_active (webhook_id, run_at, id)
+    WHERE status = 'pending';
 
 CREATE INDEX attempts_delivery ON dispatcher.attempts (delivery_id, attempt);
 -- The retention sweep deletes attempts past retention row by row only from these two (range
@@ -142,7 +145,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     WITH cancelled AS (
         DELETE FROM dispatcher.deliveries_active d
-        WHERE d.webhook_id = OLD.id
+        WHERE d.webhook_id = OLD.id AND d.status = 'pending'
         RETURNING d.id, d.message_id, d.webhook_id, d.attempts, d.run_at, d.created_at,
                   d.last_response_status, d.kind
     )
