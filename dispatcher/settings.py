@@ -297,7 +297,8 @@ def _validate(s: Settings) -> None:
     need(
         s.retention_s >= max(60, s.retention_partition_s),
         "retention_s",
-        "must be at least 60 and at least retention_partition_s",
+        f"must be at least 60 and at least retention_partition_s ({s.retention_partition_s:g});"
+        " for a shorter retention, set retention_partition_s as short",
     )
     need(1 <= s.retention_interval_s <= _DAY, "retention_interval_s", "must be between 1 and 86400")
     need(
