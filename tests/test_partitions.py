@@ -501,3 +501,31 @@ async def test_outcome_writes_racing_a_cancel_lose_nothing_and_raise_nothing(
         assert [r["status"] for r in rows if r["id"] not in finished] == ["cancelled"] * 4
         assert await db.fetchval("SELECT count(*) FROM dispatcher.attempts") == 4
     assert await db.fetchval("SELECT count(*) FROM dispatcher.deliveries_active") == 0
+
+
+async def test_a_failing_maintenance_is_logged_and_leaves_delivery_alone(
+    pool: asyncpg.Pool, db: asyncpg.Pool
+) -> None:
+    """Any other error (here a table in the way of the next partition) is logged as an error
+    and retried next cycle; finished rows meanwhile land in DEFAULT."""
+    found, _ = await history(pool, "deliveries_done")
+    legacy = next(p for p in found if p.name == "deliveries_done_legacy")
+    assert legacy.upper is not None
+    in_the_way = partition_name("deliveries_done", legacy.upper)
+    await db.execute(f"CREATE TABLE dispatcher.{in_the_way} (x int)")
+    webhook, _ = await add_webhook(db, "https://x.example/", ["t.x"])
+
+    with structlog.testing.capture_logs() as logs:
+        done = await partitions.maintain(pool, short())
+
+    assert done.failed and done.created == []
+    assert [e["log_level"] for e in logs if e["event"] == "partition_maintenance_failed"] == [
+        "error"
+    ]
+    await add_finished(db, webhook, "0 seconds")
+    assert await db.fetchval("SELECT count(*) FROM dispatcher.deliveries_done_default") == 1
+
+    await db.execute(f"DROP TABLE dispatcher.{in_the_way}")
+    again = await partitions.maintain(pool, short())
+    assert not again.failed and again.moved == 2  # the delivery and its attempt
+    assert await db.fetchval("SELECT count(*) FROM dispatcher.deliveries_done_default") == 0

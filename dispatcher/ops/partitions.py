@@ -60,6 +60,7 @@ class Maintained:
     moved: int = 0  # rows moved out of a DEFAULT partition into a new one
     dropped: list[str] = field(default_factory=list)
     deferred: bool = False  # a lock was not free within LOCK_TIMEOUT: next cycle
+    failed: bool = False  # any other database error: logged, and next cycle
     busy: bool = False  # another instance was maintaining
 
 
@@ -156,6 +157,7 @@ async def _step(
             ddl = await conn.fetchrow(
                 SQL["partition_ddl"], table.name, name, table.key, lower, upper, table.default
             )
+            await conn.execute(ddl["lock_default"])
             await conn.execute(ddl["create_table"])
             moved = int((await conn.execute(ddl["move_rows"])).rsplit(" ", 1)[-1])
             await conn.execute(ddl["attach"])
@@ -187,6 +189,15 @@ async def maintain(pool: asyncpg.Pool, settings: Settings) -> Maintained:
             reason=str(exc),
             lock_timeout=LOCK_TIMEOUT,
             note="a long transaction holds a lock on the history; trying again next cycle",
+        )
+    except asyncpg.PostgresError as exc:
+        # Not a reason to stop delivering: finished rows go to the DEFAULT partition meanwhile,
+        # and the retention sweep deletes them there by row, as before partitioning.
+        done.failed = True
+        log.error(
+            "partition_maintenance_failed",
+            error=f"{type(exc).__name__}: {exc}",
+            note="history goes to the DEFAULT partitions until this is fixed; retrying next cycle",
         )
     if done.created or done.dropped:
         log.info(

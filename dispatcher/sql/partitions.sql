@@ -27,8 +27,10 @@ SELECT pg_try_advisory_xact_lock($1);
 -- there: a table of the parent's shape, the DEFAULT partition's rows in that range moved into it,
 -- then attached. ATTACH, unlike CREATE TABLE ... PARTITION OF, leaves the parent open to writes
 -- (SHARE UPDATE EXCLUSIVE); it checks the DEFAULT partition under an exclusive lock of that
--- partition alone, which the move has just emptied of this range.
-SELECT format('CREATE TABLE dispatcher.%I (LIKE dispatcher.%I INCLUDING DEFAULTS'
+-- partition alone. That lock is taken first, so no row can land in DEFAULT between the move and
+-- the check (a cancel trigger's, say, while no partition covers now) and fail the ATTACH.
+SELECT format('LOCK TABLE dispatcher.%I IN ACCESS EXCLUSIVE MODE', $6::text) AS lock_default,
+       format('CREATE TABLE dispatcher.%I (LIKE dispatcher.%I INCLUDING DEFAULTS'
               ' INCLUDING CONSTRAINTS)', $2::text, $1::text) AS create_table,
        format('WITH moved AS (DELETE FROM dispatcher.%I WHERE %I >= %L AND %I < %L RETURNING *)'
               ' INSERT INTO dispatcher.%I SELECT * FROM moved',
