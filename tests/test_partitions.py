@@ -529,3 +529,58 @@ async def test_a_failing_maintenance_is_logged_and_leaves_delivery_alone(
     again = await partitions.maintain(pool, short())
     assert not again.failed and again.moved == 2  # the delivery and its attempt
     assert await db.fetchval("SELECT count(*) FROM dispatcher.deliveries_done_default") == 0
+
+
+async def test_an_outcome_write_racing_the_attach_of_its_partition_is_routed_afresh(
+    pool: asyncpg.Pool, db: asyncpg.Pool, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No partition covers now (the daemon was down), so outcome writes go to DEFAULT, when
+    maintenance attaches the partition for now. A write that had chosen DEFAULT before the
+    ATTACH committed would fail with "violates partition constraint" and stop the daemon's
+    outcome writer; maintenance locks the parent against writes, so the write waits and then
+    routes its rows to the new partition. The order is forced: a reader of the DEFAULT
+    partition holds up the ATTACH until the outcome write is waiting too."""
+    monkeypatch.setattr(partitions, "LOCK_TIMEOUT", "30s")
+    # The first partition made runs from the legacy bound, a moment ago, to midnight: now.
+    daily = fast_settings(retention_s=86400, retention_partition_s=86400)
+    await add_webhook(db, "https://x.example/", ["t.x"])
+    await migrated_ago(db, 0)
+    await publish(db, "t.x")
+    reader = await asyncpg.connect(dsn)
+    writer = await asyncpg.connect(dsn, server_settings=store.HOT_SETTINGS)
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'"
+    try:
+        [leased] = (await store.lease_batch(writer, 1, 60.0)).deliveries
+        tx = reader.transaction()
+        await tx.start()
+        await reader.fetchval("SELECT count(*) FROM dispatcher.deliveries_done_default")
+        async with asyncio.timeout(60):
+            maintaining = asyncio.create_task(partitions.maintain(pool, daily))
+
+            async def maintenance_waits() -> bool:
+                n = await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND application_name = $1",
+                    store.APPLICATION_NAME,  # the pool's
+                )
+                return bool(n)
+
+            await eventually(maintenance_waits)
+            write = asyncio.create_task(store.write_outcomes(writer, [succeeded(leased)], RULES))
+
+            async def writer_waits() -> bool:
+                return bool(await db.fetchval(waiting, writer.get_server_pid()))
+
+            await eventually(writer_waits)
+            await tx.commit()
+            done = await maintaining
+            written, _ = await write
+    finally:
+        await reader.close()
+        await writer.close()
+    assert not done.failed and not done.deferred
+    assert written == {leased.id}
+    part = await db.fetchval(
+        "SELECT tableoid::regclass::text FROM dispatcher.deliveries WHERE id = $1", leased.id
+    )
+    assert part.startswith("dispatcher.deliveries_done_p")

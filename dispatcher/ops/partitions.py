@@ -157,7 +157,7 @@ async def _step(
             ddl = await conn.fetchrow(
                 SQL["partition_ddl"], table.name, name, table.key, lower, upper, table.default
             )
-            await conn.execute(ddl["lock_default"])
+            await conn.execute(ddl["lock_parent"])
             await conn.execute(ddl["create_table"])
             moved = int((await conn.execute(ddl["move_rows"])).rsplit(" ", 1)[-1])
             await conn.execute(ddl["attach"])

@@ -25,11 +25,12 @@ SELECT pg_try_advisory_xact_lock($1);
 -- name: partition_ddl
 -- Make partition $2 of $1 for [$4, $5) of column $3 out of what the DEFAULT partition $6 holds
 -- there: a table of the parent's shape, the DEFAULT partition's rows in that range moved into it,
--- then attached. ATTACH, unlike CREATE TABLE ... PARTITION OF, leaves the parent open to writes
--- (SHARE UPDATE EXCLUSIVE); it checks the DEFAULT partition under an exclusive lock of that
--- partition alone. That lock is taken first, so no row can land in DEFAULT between the move and
--- the check (a cancel trigger's, say, while no partition covers now) and fail the ATTACH.
-SELECT format('LOCK TABLE dispatcher.%I IN ACCESS EXCLUSIVE MODE', $6::text) AS lock_default,
+-- then attached, with the parent locked against writes (EXCLUSIVE: readers go on) for these
+-- few statements. ATTACH alone would let writes go on (it takes SHARE UPDATE EXCLUSIVE), but a
+-- write that chose the DEFAULT partition for a row of this range before the ATTACH committed
+-- would then fail ("violates partition constraint"): an outcome write while no partition
+-- covered now, say. A write that waits for the parent's lock instead routes its rows afresh.
+SELECT format('LOCK TABLE dispatcher.%I IN EXCLUSIVE MODE', $1::text) AS lock_parent,
        format('CREATE TABLE dispatcher.%I (LIKE dispatcher.%I INCLUDING DEFAULTS'
               ' INCLUDING CONSTRAINTS)', $2::text, $1::text) AS create_table,
        format('WITH moved AS (DELETE FROM dispatcher.%I WHERE %I >= %L AND %I < %L RETURNING *)'
