@@ -30,7 +30,9 @@ SELECT pg_try_advisory_xact_lock($1);
 -- write that chose the DEFAULT partition for a row of this range before the ATTACH committed
 -- would then fail ("violates partition constraint"): an outcome write while no partition
 -- covered now, say. A write that waits for the parent's lock instead routes its rows afresh.
-SELECT format('LOCK TABLE dispatcher.%I IN EXCLUSIVE MODE', $1::text) AS lock_parent,
+-- ONLY the parent: every write goes through it, and locking the partitions as well would wait
+-- on autovacuum of any one of them (SHARE UPDATE EXCLUSIVE) and so defer for its whole run.
+SELECT format('LOCK TABLE ONLY dispatcher.%I IN EXCLUSIVE MODE', $1::text) AS lock_parent,
        format('CREATE TABLE dispatcher.%I (LIKE dispatcher.%I INCLUDING DEFAULTS'
               ' INCLUDING CONSTRAINTS)', $2::text, $1::text) AS create_table,
        format('WITH moved AS (DELETE FROM dispatcher.%I WHERE %I >= %L AND %I < %L RETURNING *)'
