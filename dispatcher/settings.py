@@ -23,6 +23,7 @@ _HOUR = 3600.0
 # The named retry policies a webhook may use (webhooks.retry_policy holds the same names).
 RETRY_POLICIES = ("schedule", "exponential")
 _DAY = 86400.0
+_MAX_HISTORY_PARTITIONS = 2000
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,15 @@ def _validate(s: Settings) -> None:
         "retention_s",
         f"must be at least 60 and at least retention_partition_s ({s.retention_partition_s:g});"
         " for a shorter retention, set retention_partition_s as short",
+    )
+    # Every query of the whole history visits each partition: a week of one-minute partitions
+    # (10,080) would make the delivery log and the event sweep crawl.
+    need(
+        s.retention_s <= _MAX_HISTORY_PARTITIONS * s.retention_partition_s,
+        "retention_partition_s",
+        f"must be at least retention_s / {_MAX_HISTORY_PARTITIONS}"
+        f" ({s.retention_s / _MAX_HISTORY_PARTITIONS:g}): at most"
+        f" {_MAX_HISTORY_PARTITIONS} history partitions",
     )
     need(1 <= s.retention_interval_s <= _DAY, "retention_interval_s", "must be between 1 and 86400")
     need(

@@ -309,6 +309,8 @@ def test_bool_from_override(value: bool, expected: bool) -> None:
         ({"DISPATCHER_RETENTION_PARTITION_S": "86401"}, "retention_partition_s"),
         ({"DISPATCHER_RETENTION_S": "59", "DISPATCHER_RETENTION_PARTITION_S": "60"}, "retention_s"),
         ({"DISPATCHER_RETENTION_S": "3600"}, "retention_s"),  # shorter than a day's partition
+        # A week of one-minute partitions: 10,080 of them.
+        ({"DISPATCHER_RETENTION_PARTITION_S": "60"}, "retention_partition_s"),
     ],
 )
 def test_invalid_env_value_names_the_key(env: dict[str, str], key: str) -> None:
@@ -401,7 +403,14 @@ def test_malformed_toml(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("retention_s", "partition_s"),
-    [("60", "60"), ("3600", "3600"), ("7200", "3600"), ("604800", "86400")],
+    [
+        ("60", "60"),
+        ("3600", "3600"),
+        ("7200", "3600"),
+        ("604800", "86400"),
+        ("120000", "60"),
+        ("172800000", "86400"),
+    ],
 )
 def test_retention_may_be_as_short_as_one_partition(retention_s: str, partition_s: str) -> None:
     settings = load_settings(
