@@ -17,7 +17,7 @@ from dispatcher.delivery.leasing import Leaser
 from dispatcher.delivery.listener import Listener
 from dispatcher.delivery.outcomes import Backoff, OutcomeWriter, describe
 from dispatcher.delivery.sender import Sender, create_session
-from dispatcher.ops import embedded, migrate, notify
+from dispatcher.ops import embedded, migrate, notify, partitions
 from dispatcher.ops.metrics import Metrics, refresh_queue_gauges, start_http
 from dispatcher.ops.retention import run_retention
 from dispatcher.ops.signals import stop_on_signals
@@ -83,6 +83,11 @@ async def serve(
                 else:
                     await migrate.check_migrations(conn)
             await store.set_limit(pool, "max_payload_bytes", settings.max_payload_bytes)
+            # Before leasing: the first outcome writes find the history partition they go to.
+            try:
+                await partitions.maintain(pool, settings)
+            except store.TRANSIENT_DB_ERRORS as exc:
+                log.warning("partition_maintenance_failed", error=describe(exc))
             session = create_session(settings)
             try:
                 await _run(settings, dsn, pool, session, stop, exit_when_idle, stats)

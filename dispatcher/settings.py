@@ -23,6 +23,7 @@ _HOUR = 3600.0
 # The named retry policies a webhook may use (webhooks.retry_policy holds the same names).
 RETRY_POLICIES = ("schedule", "exponential")
 _DAY = 86400.0
+_MAX_HISTORY_PARTITIONS = 2000
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Settings:
     web_listen: str = "127.0.0.1:8080"
     web_secure_cookie: bool = False
     retention_s: float = 7 * 86400.0
+    # The span of one history partition: finished rows live retention_s to retention_s + this.
+    retention_partition_s: float = 86400.0
     retention_interval_s: float = 60.0
     retention_batch_size: int = 1000
     apply_migrations: bool = True
@@ -287,7 +290,26 @@ def _validate(s: Settings) -> None:
         "max_payload_bytes",
         "must be between 1024 and 67108864",
     )
-    need(s.retention_s >= 3600, "retention_s", "must be at least 3600 (an hour)")
+    need(
+        60 <= s.retention_partition_s <= _DAY,
+        "retention_partition_s",
+        "must be between 60 and 86400",
+    )
+    need(
+        s.retention_s >= max(60, s.retention_partition_s),
+        "retention_s",
+        f"must be at least 60 and at least retention_partition_s ({s.retention_partition_s:g});"
+        " for a shorter retention, set retention_partition_s as short",
+    )
+    # Every query of the whole history visits each partition: a week of one-minute partitions
+    # (10,080) would make the delivery log and the event sweep crawl.
+    need(
+        s.retention_s <= _MAX_HISTORY_PARTITIONS * s.retention_partition_s,
+        "retention_partition_s",
+        f"must be at least retention_s / {_MAX_HISTORY_PARTITIONS}"
+        f" ({s.retention_s / _MAX_HISTORY_PARTITIONS:g}): at most"
+        f" {_MAX_HISTORY_PARTITIONS} history partitions",
+    )
     need(1 <= s.retention_interval_s <= _DAY, "retention_interval_s", "must be between 1 and 86400")
     need(
         10 <= s.retention_batch_size <= 100000,

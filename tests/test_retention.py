@@ -41,6 +41,12 @@ async def test_sweep_deletes_only_what_is_past_retention(
         " WHERE message_id IN (SELECT message_id FROM dispatcher.deliveries"
         "                      WHERE finished_at < now() - interval '1 day')"
     )
+    # Attempt records age from when they started: theirs started 8 days ago too.
+    await db.execute(
+        "UPDATE dispatcher.attempts SET started_at = now() - interval '8 days'"
+        " WHERE delivery_id IN (SELECT id FROM dispatcher.deliveries"
+        "                       WHERE finished_at < now() - interval '1 day')"
+    )
     pending_old = await db.fetchval(
         "INSERT INTO dispatcher.events (event_type, payload, created_at)"
         " VALUES ('t.x', '{}', now() - interval '30 days') RETURNING message_id"
@@ -53,7 +59,7 @@ async def test_sweep_deletes_only_what_is_past_retention(
 
     swept = await sweep_once(db, WEEK, batch=7)  # a batch size that forces several rounds
 
-    assert (swept.deliveries, swept.events) == (20, 21)
+    assert (swept.deliveries, swept.events, swept.attempts) == (20, 21, 20)
     assert await state(db) == {"events": 6, "deliveries": 6, "attempts": 5}
     assert (
         await db.fetchval(
@@ -70,11 +76,11 @@ async def test_daemon_runs_the_sweep(db: asyncpg.Pool, dsn: str, receiver: Recei
     await deliver_all(fast_settings(), dsn)
     await db.execute("UPDATE dispatcher.deliveries SET finished_at = now() - interval '2 hours'")
     await db.execute("UPDATE dispatcher.events SET created_at = now() - interval '2 hours'")
+    await db.execute("UPDATE dispatcher.attempts SET started_at = now() - interval '2 hours'")
 
     stop = asyncio.Event()
-    daemon = asyncio.create_task(
-        serve(fast_settings(retention_s=3600), dsn, stop=stop, handle_signals=False)
-    )
+    settings = fast_settings(retention_s=3600, retention_partition_s=3600)
+    daemon = asyncio.create_task(serve(settings, dsn, stop=stop, handle_signals=False))
     try:
 
         async def emptied() -> bool:

@@ -305,6 +305,12 @@ def test_bool_from_override(value: bool, expected: bool) -> None:
         ({"DISPATCHER_REQUEST_TIMEOUT_S": "nan"}, "request_timeout_s"),
         ({"DISPATCHER_RETRY_SCHEDULE": "0,inf"}, "retry_schedule"),
         ({"DISPATCHER_RETRY_SCHEDULE": "0,1e17"}, "retry_schedule"),
+        ({"DISPATCHER_RETENTION_PARTITION_S": "59"}, "retention_partition_s"),
+        ({"DISPATCHER_RETENTION_PARTITION_S": "86401"}, "retention_partition_s"),
+        ({"DISPATCHER_RETENTION_S": "59", "DISPATCHER_RETENTION_PARTITION_S": "60"}, "retention_s"),
+        ({"DISPATCHER_RETENTION_S": "3600"}, "retention_s"),  # shorter than a day's partition
+        # A week of one-minute partitions: 10,080 of them.
+        ({"DISPATCHER_RETENTION_PARTITION_S": "60"}, "retention_partition_s"),
     ],
 )
 def test_invalid_env_value_names_the_key(env: dict[str, str], key: str) -> None:
@@ -393,3 +399,25 @@ def test_malformed_toml(tmp_path: Path) -> None:
         load_settings(path, env={})
 
     assert str(info.value).startswith(f"config file {path} is not valid TOML: ")
+
+
+@pytest.mark.parametrize(
+    ("retention_s", "partition_s"),
+    [
+        ("60", "60"),
+        ("3600", "3600"),
+        ("7200", "3600"),
+        ("604800", "86400"),
+        ("120000", "60"),
+        ("172800000", "86400"),
+    ],
+)
+def test_retention_may_be_as_short_as_one_partition(retention_s: str, partition_s: str) -> None:
+    settings = load_settings(
+        env={"DISPATCHER_RETENTION_S": retention_s, "DISPATCHER_RETENTION_PARTITION_S": partition_s}
+    )
+
+    assert (settings.retention_s, settings.retention_partition_s) == (
+        float(retention_s),
+        float(partition_s),
+    )

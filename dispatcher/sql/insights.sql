@@ -3,8 +3,9 @@
 -- name: hourly_outcomes
 -- Deliveries that finished in each of the last 24 UTC hours (the current hour last), succeeded
 -- against failed, of webhook $1 or of all webhooks when $1 is NULL. An hour with none is a row
--- of zeros, so the chart always has 24 bars. The range on finished_at walks the
--- deliveries_finished index (status <> 'pending'), whatever the size of the backlog.
+-- of zeros, so the chart always has 24 bars. `status <> 'pending'` leaves out deliveries_active
+-- (the backlog), and the range on finished_at reads only the history partitions it overlaps,
+-- through their deliveries_finished index.
 WITH hours AS (
     SELECT generate_series(date_trunc('hour', now(), 'UTC') - interval '23 hours',
                            date_trunc('hour', now(), 'UTC'), interval '1 hour') AS hour
@@ -33,7 +34,7 @@ SELECT id, service_name FROM dispatcher.webhooks ORDER BY lower(service_name), i
 
 -- name: outcomes_by_hour
 -- Deliveries that finished in [$1, $2), per UTC hour and webhook. Both bounds walk the
--- deliveries_finished index.
+-- deliveries_finished index of the history partitions they overlap.
 SELECT date_trunc('hour', finished_at, 'UTC') AS hour, webhook_id,
        count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
        count(*) FILTER (WHERE status = 'failed') AS failed

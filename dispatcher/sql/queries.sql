@@ -6,14 +6,16 @@
 -- round-robin cursor (visit webhooks with a greater id first), $9 how many webhooks to visit.
 --
 -- Every step reads rows in proportion to the batch or to the webhooks with pending rows, never
--- to the backlog: each reads one webhook's range of deliveries_pending, or rows by primary key.
+-- to the backlog: each reads one webhook's range of deliveries_pending, or rows by id. It names
+-- deliveries_active, the pending rows' partition: the history (migration 008) never grows the
+-- table or the indexes the lease reads, and no plan has a partition of it to consider.
 -- The daemon runs this on a connection that allows only index scans and nested loops
 -- (store.HOT_SETTINGS), so no plan, generic or custom, can trade these paths for a scan.
 WITH RECURSIVE heads AS (
     -- A loose index scan: one probe per webhook with pending rows, in webhook order, yields each
     -- webhook's head, its earliest run_at. The head is in the past exactly when it has due work.
     (SELECT d.webhook_id, d.run_at, d.id, 1 AS visited
-     FROM dispatcher.deliveries d
+     FROM dispatcher.deliveries_active d
      WHERE d.status = 'pending' AND d.webhook_id > $8
      ORDER BY d.webhook_id, d.run_at, d.id
      LIMIT 1)
@@ -22,7 +24,7 @@ WITH RECURSIVE heads AS (
     FROM heads h
     CROSS JOIN LATERAL (
         SELECT d.webhook_id, d.run_at, d.id
-        FROM dispatcher.deliveries d
+        FROM dispatcher.deliveries_active d
         WHERE d.status = 'pending' AND d.webhook_id > h.webhook_id
         ORDER BY d.webhook_id, d.run_at, d.id
         LIMIT 1) nxt
@@ -77,7 +79,7 @@ WITH RECURSIVE heads AS (
     FROM eligible e
     CROSS JOIN LATERAL (
         SELECT d.id, d.run_at
-        FROM dispatcher.deliveries d
+        FROM dispatcher.deliveries_active d
         WHERE d.webhook_id = e.webhook_id AND d.status = 'pending'
           AND (d.run_at, d.id) >= (e.head, e.head_id) AND d.run_at <= now()
         ORDER BY d.run_at, d.id
@@ -96,8 +98,8 @@ WITH RECURSIVE heads AS (
 ), leased AS (
     -- The lease is a visibility timeout: run_at moves past the attempt's deadline, so rows of a
     -- crashed process become due again on their own. The token fences out late writes. The
-    -- rows are locked and were checked above; the id array leaves the primary key as the path.
-    UPDATE dispatcher.deliveries d
+    -- rows are locked and were checked above; the id array leaves the id index as the path.
+    UPDATE dispatcher.deliveries_active d
     SET run_at = now() + make_interval(secs => $2::float8),
         lease_token = $4::uuid,
         attempts = d.attempts + 1
@@ -176,24 +178,50 @@ WITH o AS MATERIALIZED (
       AS o(delivery_id, lease_token, status, retry_in_s, attempt,
            started_at, duration_ms, response_status, response_body, response_truncated,
            error_kind, error_message, retry_reason)
-), updated AS (
-    UPDATE dispatcher.deliveries d
-    SET status = o.status,
-        run_at = CASE WHEN o.status = 'pending'
-                      THEN now() + make_interval(secs => o.retry_in_s) ELSE d.run_at END,
+), retried AS (
+    -- A retry stays in deliveries_active, due again at its new run_at.
+    UPDATE dispatcher.deliveries_active d
+    SET run_at = now() + make_interval(secs => o.retry_in_s),
         lease_token = NULL,
-        finished_at = CASE WHEN o.status = 'pending' THEN NULL ELSE now() END,
         last_response_status = o.response_status,
         last_error_kind = o.error_kind
     FROM o
-    -- The id array again, for the planner: with it every join order reads deliveries by
-    -- primary key; without it, a plan made on an empty table may walk the whole table. The
-    -- token alone fences (every way out of 'pending' clears it), and naming the status here
-    -- would offer the planner the partial index deliveries_pending, a walk of every pending row.
+    -- The id array again, for the planner: with it every join order reads deliveries by id;
+    -- without it, a plan made on an empty table may walk the whole table. The token fences:
+    -- every way out of a lease clears or replaces it, and a row that left deliveries_active
+    -- (cancelled meanwhile) is not found at all.
     WHERE d.id = ANY ($1::bigint[])
-      AND d.id = o.delivery_id AND d.lease_token = o.lease_token
-    -- The attempt log takes its columns from here, so it needs no second join.
-    RETURNING o.*
+      AND d.id = o.delivery_id AND d.lease_token = o.lease_token AND o.status = 'pending'
+    RETURNING d.webhook_id, o.*
+), finished AS (
+    -- A final outcome moves the row to the history: an explicit DELETE here and INSERT below,
+    -- never an UPDATE of the status. That UPDATE would move the row across partitions, and one
+    -- racing a lock or update of the same row (the webhook disabled by another instance this
+    -- moment, its trigger cancelling this row) fails with "tuple to be locked was already moved
+    -- to another partition due to concurrent update" (40001). A DELETE that loses the race
+    -- finds no row, and the outcome is refused like any other whose lease was lost.
+    DELETE FROM dispatcher.deliveries_active d
+    USING o
+    WHERE d.id = ANY ($1::bigint[])
+      AND d.id = o.delivery_id AND d.lease_token = o.lease_token AND o.status <> 'pending'
+    RETURNING d.id, d.message_id, d.webhook_id, d.attempts, d.run_at, d.created_at, d.kind, o.*
+), moved AS (
+    INSERT INTO dispatcher.deliveries_done
+        (id, message_id, webhook_id, status, attempts, run_at, lease_token, created_at,
+         finished_at, last_response_status, last_error_kind, kind)
+    OVERRIDING SYSTEM VALUE
+    SELECT f.id, f.message_id, f.webhook_id, f.status, f.attempts, f.run_at, NULL, f.created_at,
+           now(), f.response_status, f.error_kind, f.kind
+    FROM finished f
+), updated AS (
+    -- Every row written, with its webhook: the attempt log takes its columns from here, so it
+    -- needs no second join.
+    SELECT * FROM retried
+    UNION ALL
+    SELECT f.webhook_id, f.delivery_id, f.lease_token, f.status, f.retry_in_s, f.attempt,
+           f.started_at, f.duration_ms, f.response_status, f.response_body,
+           f.response_truncated, f.error_kind, f.error_message, f.retry_reason
+    FROM finished f
 ), logged AS (
     INSERT INTO dispatcher.attempts (delivery_id, attempt, started_at, duration_ms,
                                      response_status, response_body, response_truncated,
@@ -275,11 +303,11 @@ SELECT (SELECT coalesce(array_agg(delivery_id), '{}') FROM logged) AS written,
 
 -- name: release_leases
 -- Hand back leased rows that were never attempted: due at once, and the attempt not counted.
--- Planned like record_outcomes: by primary key whatever the join order, fenced by the token.
+-- Planned like record_outcomes: by id whatever the join order, fenced by the token.
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS r(id, lease_token)
 )
-UPDATE dispatcher.deliveries d
+UPDATE dispatcher.deliveries_active d
 SET run_at = now(), lease_token = NULL, attempts = d.attempts - 1
 FROM r
 WHERE d.id = ANY ($1::bigint[]) AND d.id = r.id AND d.lease_token = r.lease_token;
@@ -292,19 +320,44 @@ SELECT 1;
 UPDATE dispatcher.limits SET value = $2 WHERE name = $1 AND value <> $2;
 
 -- name: sweep_deliveries
--- Delete up to $2 deliveries that finished more than $1 seconds ago, with their attempts.
--- SKIP LOCKED: several instances can sweep at once without waiting on each other.
+-- Delete up to $2 finished deliveries that finished more than $1 seconds ago and before $3 (the
+-- lower bound of the oldest range partition, NULL if there is none), and return how many.
+-- Range partitions go whole when they expire (dispatcher.ops.partitions); below $3 lie only the
+-- legacy and DEFAULT partitions, so the bound keeps these row deletes out of the partitions that
+-- are dropped whole, and pruning keeps the statement from reading them. SKIP LOCKED: several
+-- instances can sweep at once without waiting on each other.
 WITH doomed AS (
-    SELECT id
-    FROM dispatcher.deliveries
-    WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1::float8)
-    ORDER BY finished_at
+    SELECT d.id
+    FROM dispatcher.deliveries_done d
+    WHERE d.finished_at < least(now() - make_interval(secs => $1::float8), $3::timestamptz)
+    ORDER BY d.finished_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-), attempts_gone AS (
-    DELETE FROM dispatcher.attempts a USING doomed WHERE a.delivery_id = doomed.id
 )
-DELETE FROM dispatcher.deliveries d USING doomed WHERE d.id = doomed.id;
+DELETE FROM dispatcher.deliveries_done d
+WHERE d.id = ANY (ARRAY(SELECT id FROM doomed))
+  AND d.finished_at < least(now() - make_interval(secs => $1::float8), $3::timestamptz);
+
+-- name: sweep_attempts
+-- As sweep_deliveries, for attempt records that started more than $1 seconds ago and before $3
+-- (the oldest range partition's lower bound). Attempts have their own clock: a delivery still
+-- pending after retention_s keeps its recent attempts only.
+WITH doomed AS MATERIALIZED (
+    SELECT a.delivery_id
+    FROM dispatcher.attempts a
+    WHERE a.started_at < least(now() - make_interval(secs => $1::float8), $3::timestamptz)
+    ORDER BY a.started_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    -- By the id array, for the planner (see record_outcomes); with each attempt examined go the
+    -- other attempts of its delivery that are past retention too.
+    DELETE FROM dispatcher.attempts a
+    WHERE a.delivery_id = ANY (ARRAY(SELECT delivery_id FROM doomed))
+      AND a.started_at < least(now() - make_interval(secs => $1::float8), $3::timestamptz)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM doomed) AS examined, (SELECT count(*) FROM deleted) AS deleted;
 
 -- name: sweep_events
 -- Examine the next $2 events older than $1 seconds after the key ($3, $4), oldest first, and
