@@ -33,7 +33,7 @@ BUFFERS_PER_ROW = 60
 BUFFERS_FIXED = 200
 
 _PREPARE = {
-    "lease_batch": "int, float8, bigint[], uuid, bigint[], int[], int, bigint, int",
+    "lease_batch": "int, float8, bigint[], uuid, bigint[], int[], int, bigint, int, float8",
     "record_outcomes": (
         "bigint[], uuid[], text[], float8[], int[], timestamptz[], int[], int[], text[],"
         " bool[], text[], text[], text[], bigint[], bool[], bool[], int[], timestamptz[],"
@@ -45,7 +45,7 @@ _PREPARE = {
 }
 _EMPTY_OUTCOMES = ", ".join(["'{}'"] * 22 + ["10", "30", "600", "86400", "432000", "10"])
 _EMPTY_ARGS = {
-    "lease_batch": "1, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 1000",
+    "lease_batch": "1, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 1000, 0.05",
     "record_outcomes": _EMPTY_OUTCOMES,
     "release_leases": "'{}', '{}'",
     "sweep_deliveries": "86400, 1",
@@ -193,7 +193,7 @@ async def test_hot_statements_read_in_proportion_to_their_batch(
     if mode == "analyzed":
         await c.execute("ANALYZE")
 
-    lease_args = f"{BATCH}, 60, '{{}}', gen_random_uuid(), '{{}}', '{{}}', 1000, 0, 1000"
+    lease_args = f"{BATCH}, 60, '{{}}', gen_random_uuid(), '{{}}', '{{}}', 1000, 0, 1000, 0.05"
     top = await explain(c, f"EXECUTE lease_batch({lease_args})")
     assert top["Plan"]["Actual Rows"] == BATCH
     assert_bounded("lease_batch", top, BATCH)
