@@ -286,9 +286,7 @@ async def lease_batch(
         )
         for r in rows
     ]
-    return Lease(
-        deliveries, first["next_due_s"], first["next_cursor"], {r[4]: r[13] for r in rows}
-    )
+    return Lease(deliveries, first["next_due_s"], first["next_cursor"], {r[4]: r[13] for r in rows})
 
 
 async def write_outcomes(
