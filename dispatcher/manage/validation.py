@@ -312,6 +312,8 @@ def check_max_concurrency(value: object, what: str = "max_concurrency") -> int:
         number = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        number = int(value)
     if number is None or not 1 <= number <= MAX_CONCURRENCY:
         raise ValidationError(
             f"{what} must be a whole number of attempts in flight from 1 to {MAX_CONCURRENCY},"
