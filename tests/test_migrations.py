@@ -96,6 +96,9 @@ async def test_endpoint_health_migrates_existing_webhooks(
     await empty_db.execute("SELECT dispatcher.publish('a', '{}')")
     kept = await empty_db.fetch("SELECT * FROM dispatcher.webhooks ORDER BY id")
     monkeypatch.undo()
+    # 007 alone: later migrations have tests of their own.
+    through_7 = [m for m in migrate.migrations() if m.version <= 7]
+    monkeypatch.setattr(migrate, "migrations", lambda: through_7)
 
     assert [m.version for m in await migrate.apply_migrations(empty_db)] == [7]
 
