@@ -103,6 +103,9 @@ class LeasedDelivery:
     secret: str
     previous_secret: str | None = None
     retry_policy: str | None = None  # None: the daemon's default
+    # The lease's deadline, as the database set it: the outcome write tells by it whether
+    # the lease is still counted against the webhook's cap (see record_outcomes).
+    lease_until: datetime | None = None
 
 
 # Not frozen: a frozen dataclass builds five times slower, and one is built per attempt.
@@ -125,6 +128,7 @@ class OutcomeRow:
     webhook_id: int
     retry_reason: str | None  # why this retry is when it is, or why there is none
     breaker: bool  # a failure that counts toward the webhook's circuit breaker
+    lease_until: datetime | None = None  # the lease's deadline (None: counted, whatever it was)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +286,7 @@ async def lease_batch(
     # By position, in the order of the query's SELECT list: a name lookup per column costs more.
     deliveries = [
         LeasedDelivery(
-            r[2], str(r[3]), r[4], r[5], token, r[6], r[7], r[8], r[9], r[10], r[11], r[12]
+            r[2], str(r[3]), r[4], r[5], token, r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[14]
         )
         for r in rows
     ]
@@ -312,6 +316,7 @@ async def write_outcomes(
         rules.failing_after_s,
         rules.auto_disable_after_s,
         rules.auto_disable_min_attempts,
+        [o.lease_until for o in outcomes],
     )
     attention = orjson.loads(row["attention"]) if row["attention"] else []
     return set(row["written"]), attention
@@ -396,7 +401,10 @@ async def release_leases(db: Executor, leases: Sequence[LeasedDelivery]) -> None
     """Hand back leased rows that were never attempted."""
     if leases:
         await db.execute(
-            QUERIES["release_leases"], [d.id for d in leases], [d.lease_token for d in leases]
+            QUERIES["release_leases"],
+            [d.id for d in leases],
+            [d.lease_token for d in leases],
+            [d.lease_until for d in leases],
         )
 
 

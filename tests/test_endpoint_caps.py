@@ -147,6 +147,7 @@ def succeeded(delivery: LeasedDelivery) -> OutcomeRow:
         webhook_id=delivery.webhook_id,
         retry_reason=None,
         breaker=False,
+        lease_until=delivery.lease_until,
     )
 
 
@@ -237,6 +238,33 @@ async def test_a_dead_holders_slots_come_back_when_its_leases_expire(db: asyncpg
     assert await in_flight(db, wid) == 0
 
 
+async def test_a_late_write_of_a_lease_a_reset_forgot_frees_no_slot(db: asyncpg.Pool) -> None:
+    wid = await events_for(db, cap=3, events=2)
+    stalled = (await lease(db)).deliveries
+    # Their deadlines pass: in the database, and in the holder's own record of its leases.
+    await expire(db, *stalled)
+    await db.execute(
+        "UPDATE dispatcher.webhook_health SET leased_until = now() - interval '1 hour'"
+        " WHERE webhook_id = $1",
+        wid,
+    )
+    for d in stalled:
+        d.lease_until = await db.fetchval(
+            "SELECT run_at FROM dispatcher.deliveries WHERE id = $1", d.id
+        )
+
+    # Another instance resets the count and takes one of the rows: its slot is counted anew.
+    [taken] = (await lease(db, 1)).deliveries
+    assert await in_flight(db, wid) == 1
+    # The holder was only stalled (a database outage longer than the lease, say) and writes
+    # both: the row taken since is fenced out, the other is written, but its lease was
+    # forgotten by the reset and frees nothing: the one slot in use stays counted.
+    assert await write(db, *stalled) == 1
+    assert await in_flight(db, wid) == 1
+    assert await write(db, taken) == 1
+    assert await in_flight(db, wid) == 0
+
+
 async def test_a_crashed_holder_does_not_block_the_webhook(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
@@ -268,11 +296,14 @@ async def test_releases_test_deliveries_and_disabling_keep_the_count(db: asyncpg
     token = uuid.uuid4()
     async with db.acquire() as conn:
         message_id = await conn.fetchval("SELECT message_id FROM dispatcher.events LIMIT 1")
-        test_id = await conn.fetchval(admin.Q["insert_test_delivery"], message_id, wid, 60.0, token)
+        inserted = await conn.fetchrow(
+            admin.Q["insert_test_delivery"], message_id, wid, 60.0, token
+        )
     assert await in_flight(db, wid) == 1
     test = LeasedDelivery(
-        test_id, str(message_id), wid, 1, token, "t.x", "{}", datetime.now(UTC), "", ""
+        inserted["id"], str(message_id), wid, 1, token, "t.x", "{}", datetime.now(UTC), "", ""
     )
+    test.lease_until = inserted["lease_until"]
     assert await write(db, test) == 1
     assert await in_flight(db, wid) == 0
 

@@ -213,4 +213,4 @@ WITH inserted AS (
     FROM inserted i
     WHERE h.webhook_id = i.webhook_id
 )
-SELECT id FROM inserted;
+SELECT id, run_at AS lease_until FROM inserted;

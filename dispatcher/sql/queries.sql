@@ -125,7 +125,7 @@ WITH RECURSIVE heads AS (
         lease_token = $4::uuid,
         attempts = d.attempts + 1
     WHERE d.id = ANY (ARRAY(SELECT id FROM chosen))
-    RETURNING d.id, d.message_id, d.webhook_id, d.attempts
+    RETURNING d.id, d.message_id, d.webhook_id, d.attempts, d.run_at
 ), taken AS (
     -- Per webhook: the rows taken, and how many of them were not counted against its cap yet:
     -- rows not leased before, and rows whose expired lease a reset forgot (it ended no later
@@ -190,7 +190,8 @@ WITH RECURSIVE heads AS (
 SELECT s.next_due_s, s.next_cursor, l.id, l.message_id, l.webhook_id, l.attempts, e.event_type,
        e.payload::text AS payload, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END
-           AS previous_secret, w.retry_policy, coalesce(w.max_concurrency, $7::int) AS cap
+           AS previous_secret, w.retry_policy, coalesce(w.max_concurrency, $7::int) AS cap,
+       l.run_at AS lease_until
 FROM scan s
 LEFT JOIN (leased l
            -- LIMIT 1 keeps each lookup a subquery run once per leased row by primary key: as
@@ -214,7 +215,8 @@ LEFT JOIN (leased l
 -- as JSON, the webhooks whose health needs the daemon's attention: a breaker opened or closed,
 -- or a streak old enough to be reported ($26 s) or to disable the webhook ($27 s and $28
 -- attempts), or a reported streak that has ended. The deliveries written free their slots in
--- their webhook's count of attempts in flight over all instances (see lease_batch).
+-- their webhook's count of attempts in flight over all instances (see lease_batch); $29 holds
+-- each one's lease deadline.
 WITH o AS MATERIALIZED (
     -- Unnested once: however the join below is planned, a rescan reads this in memory.
     SELECT *
@@ -243,9 +245,13 @@ WITH o AS MATERIALIZED (
     -- The attempt log takes its columns from here, so it needs no second join.
     RETURNING o.*, d.webhook_id
 ), freed AS (
-    -- Per webhook, the leases written back here: only those, fenced by their token, were
-    -- counted and not yet subtracted.
-    SELECT u.webhook_id, count(*)::int AS n FROM updated u GROUP BY u.webhook_id
+    -- Per webhook, the deadlines of the leases written back here (fenced by their token, so
+    -- none was subtracted before); `health` subtracts those still counted.
+    SELECT u.webhook_id, array_agg(l.lease_until) AS deadlines
+    FROM updated u
+    JOIN unnest($1::bigint[], $29::timestamptz[]) AS l(delivery_id, lease_until)
+      ON l.delivery_id = u.delivery_id
+    GROUP BY u.webhook_id
 ), logged AS (
     INSERT INTO dispatcher.attempts (delivery_id, attempt, started_at, duration_ms,
                                      response_status, response_body, response_truncated,
@@ -273,7 +279,7 @@ WITH o AS MATERIALIZED (
     -- The caller sorts $14 by webhook id, so that writers of several rows (other instances'
     -- outcome writes) lock them in one order and never wait on each other in a cycle.
     UPDATE dispatcher.webhook_health h
-    SET in_flight = greatest(0, h.in_flight - coalesce(f.n, 0)),
+    SET in_flight = greatest(0, h.in_flight - {still_counted}),
         consecutive_failures
             = CASE WHEN b.any_ok THEN 0 ELSE h.consecutive_failures END + b.failures,
         first_failure_at = CASE WHEN b.any_ok OR h.first_failure_at IS NULL
@@ -308,7 +314,7 @@ WITH o AS MATERIALIZED (
       AND h.webhook_id = b.webhook_id AND was.webhook_id = b.webhook_id
       -- A success for a healthy webhook, the common case, writes its count alone; an outcome
       -- refused (its lease lost) for a healthy one writes nothing.
-      AND (f.n > 0 OR b.failures > 0 OR h.consecutive_failures > 0 OR h.breaker_failures > 0
+      AND (f.deadlines IS NOT NULL OR b.failures > 0 OR h.consecutive_failures > 0 OR h.breaker_failures > 0
            OR h.breaker_until IS NOT NULL OR h.failing_since IS NOT NULL)
     RETURNING h.webhook_id, h.consecutive_failures, h.first_failure_at, h.last_error,
               h.breaker_until, h.breaker_trips, h.failing_since,
@@ -333,22 +339,24 @@ SELECT (SELECT coalesce(array_agg(delivery_id), '{}') FROM logged) AS written,
 -- name: release_leases
 -- Hand back leased rows that were never attempted: due at once, and the attempt not counted.
 -- Planned like record_outcomes: by primary key whatever the join order, fenced by the token.
--- Their slots are free again in their webhooks' counts of attempts in flight.
+-- Their slots are free again in their webhooks' counts of attempts in flight ($3: each one's
+-- lease deadline, as in record_outcomes).
 WITH r AS MATERIALIZED (
-    SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS r(id, lease_token)
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS r(id, lease_token,
+                                                                           lease_until)
 ), released AS (
     UPDATE dispatcher.deliveries d
     SET run_at = now(), lease_token = NULL, attempts = d.attempts - 1
     FROM r
     WHERE d.id = ANY ($1::bigint[]) AND d.id = r.id AND d.lease_token = r.lease_token
-    RETURNING d.webhook_id
+    RETURNING d.webhook_id, r.lease_until
 ), freed AS (
     -- In webhook order, as record_outcomes writes health rows.
-    SELECT x.webhook_id, count(*)::int AS n FROM released x
+    SELECT x.webhook_id, array_agg(x.lease_until) AS deadlines FROM released x
     GROUP BY x.webhook_id ORDER BY x.webhook_id
 )
 UPDATE dispatcher.webhook_health h
-SET in_flight = greatest(0, h.in_flight - f.n)
+SET in_flight = greatest(0, h.in_flight - {still_counted})
 FROM freed f
 WHERE h.webhook_id = ANY (ARRAY(SELECT webhook_id FROM freed)) AND h.webhook_id = f.webhook_id;
 
@@ -452,3 +460,12 @@ SELECT count(*) FILTER (WHERE h.breaker_until > now()) AS breakers_open,
        count(*) FILTER (WHERE h.consecutive_failures > 0 AND w.status = 'active') AS failing
 FROM dispatcher.webhook_health h
 JOIN dispatcher.webhooks w ON w.id = h.webhook_id;
+
+-- name: still_counted
+-- (a fragment, not a query: how many of the leases written back for webhook `h`, whose
+-- deadlines are `f.deadlines`, are still counted in h.in_flight. A lease that ended no later
+-- than the last reset of the count (slots_reset_at) was forgotten by it: its holder's write,
+-- late but not fenced out because no one took the row since, must not free a slot that a
+-- lease counted after the reset holds. A deadline not given (NULL) counts.)
+(SELECT count(*)::int FROM unnest(f.deadlines) AS t(lease_until)
+ WHERE t.lease_until IS NULL OR h.slots_reset_at IS NULL OR t.lease_until > h.slots_reset_at)
