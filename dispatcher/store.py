@@ -103,6 +103,9 @@ class LeasedDelivery:
     secret: str
     previous_secret: str | None = None
     retry_policy: str | None = None  # None: the daemon's default
+    # The lease's deadline, as the database set it: the outcome write tells by it whether
+    # the lease is still counted against the webhook's cap (see record_outcomes).
+    lease_until: datetime | None = None
 
 
 # Not frozen: a frozen dataclass builds five times slower, and one is built per attempt.
@@ -125,6 +128,7 @@ class OutcomeRow:
     webhook_id: int
     retry_reason: str | None  # why this retry is when it is, or why there is none
     breaker: bool  # a failure that counts toward the webhook's circuit breaker
+    lease_until: datetime | None = None  # the lease's deadline (None: counted, whatever it was)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,12 @@ HOT_SETTINGS = {
 # The lease visits at most this many webhooks with pending rows per call, resuming after the last
 # one next time; more than this many due at once are served round-robin over several leases.
 MAX_WEBHOOKS_PER_LEASE = 1000
+
+# How soon the lease looks again at a webhook held back by its cap over all instances. The slot
+# it waits for is freed by another instance's outcome write, which wakes nobody here, so this is
+# a poll: short enough that a freed slot idles briefly next to a request of 100 ms or more, long
+# enough that instances waiting on a capped webhook lease at most 20 times a second each.
+CAP_RECHECK_S = 0.05
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -226,6 +236,8 @@ class Lease:
     next_due_s: float | None
     # Where the next lease resumes its walk over webhooks (0: from the start).
     next_cursor: int
+    # The cap of each webhook leased for: its max_concurrency, or the default cap given.
+    caps: dict[int, int]
 
 
 async def lease_batch(
@@ -237,18 +249,23 @@ async def lease_batch(
     cursor: int = 0,
     max_webhooks: int = MAX_WEBHOOKS_PER_LEASE,
     held: Sequence[int] = (),
+    caps: Mapping[int, int] | None = None,
 ) -> Lease:
     """Lease up to `limit` due deliveries, interleaved across webhooks, no more per webhook than
-    its free slots.
+    its free slots, here and over all instances.
 
-    `in_flight` maps webhook ids to the attempts this process has in flight for them; `held`
-    lists webhooks to leave alone this time.
+    `in_flight` maps webhook ids to the attempts this process has in flight for them, `caps`
+    their caps as the last lease returned them (`per_webhook_cap` for a webhook missing there,
+    and in the database for a webhook without a max_concurrency of its own); `held` lists
+    webhooks to leave alone this time.
     """
     busy = in_flight or {}
-    saturated = [w for w, n in busy.items() if n >= per_webhook_cap]
+    known = caps or {}
+    free_of = {w: known.get(w, per_webhook_cap) - n for w, n in busy.items()}
+    saturated = [w for w, free in free_of.items() if free <= 0]
     saturated.extend(held)
-    busy_ids = [w for w, n in busy.items() if n < per_webhook_cap]
-    free = [per_webhook_cap - busy[w] for w in busy_ids]
+    busy_ids = [w for w, free in free_of.items() if free > 0]
+    free = [free_of[w] for w in busy_ids]
     token = uuid.uuid4()
     rows = await db.fetch(
         QUERIES["lease_batch"],
@@ -261,18 +278,19 @@ async def lease_batch(
         per_webhook_cap,
         cursor,
         max_webhooks,
+        CAP_RECHECK_S,
     )
     first = rows[0]
     if first["id"] is None:
-        return Lease([], first["next_due_s"], first["next_cursor"])
+        return Lease([], first["next_due_s"], first["next_cursor"], {})
     # By position, in the order of the query's SELECT list: a name lookup per column costs more.
     deliveries = [
         LeasedDelivery(
-            r[2], str(r[3]), r[4], r[5], token, r[6], r[7], r[8], r[9], r[10], r[11], r[12]
+            r[2], str(r[3]), r[4], r[5], token, r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[14]
         )
         for r in rows
     ]
-    return Lease(deliveries, first["next_due_s"], first["next_cursor"])
+    return Lease(deliveries, first["next_due_s"], first["next_cursor"], {r[4]: r[13] for r in rows})
 
 
 async def write_outcomes(
@@ -298,6 +316,7 @@ async def write_outcomes(
         rules.failing_after_s,
         rules.auto_disable_after_s,
         rules.auto_disable_min_attempts,
+        [o.lease_until for o in outcomes],
     )
     attention = orjson.loads(row["attention"]) if row["attention"] else []
     return set(row["written"]), attention
@@ -318,7 +337,8 @@ class _Streaks:
 
 def _health_columns(outcomes: Sequence[OutcomeRow]) -> list[list[Any]]:
     """Sum a batch up per webhook, in the order its attempts finished: a few entries for the
-    database to apply, instead of a grouping of every row in SQL."""
+    database to apply, instead of a grouping of every row in SQL. Webhooks come in id order,
+    the order every writer locks health rows in."""
     streaks: dict[int, _Streaks] = {}
     for o in outcomes:
         s = streaks.get(o.webhook_id)
@@ -338,6 +358,7 @@ def _health_columns(outcomes: Sequence[OutcomeRow]) -> list[list[Any]]:
         else:
             s.any_reset = True
             s.breaker = 0
+    streaks = dict(sorted(streaks.items()))
     return [
         list(streaks),
         [s.any_ok for s in streaks.values()],
@@ -380,7 +401,10 @@ async def release_leases(db: Executor, leases: Sequence[LeasedDelivery]) -> None
     """Hand back leased rows that were never attempted."""
     if leases:
         await db.execute(
-            QUERIES["release_leases"], [d.id for d in leases], [d.lease_token for d in leases]
+            QUERIES["release_leases"],
+            [d.id for d in leases],
+            [d.lease_token for d in leases],
+            [d.lease_until for d in leases],
         )
 
 

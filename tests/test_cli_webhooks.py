@@ -23,6 +23,7 @@ WEBHOOK_FIELDS = [
     "created_at",
     "updated_at",
     "rate_limit",
+    "max_concurrency",
     "retry_policy",
     "disabled_reason",
     "disabled_at",
@@ -151,6 +152,7 @@ async def test_add_json_has_the_stable_fields_and_no_secret(cli: Cli, db: asyncp
         "created_at": data["created_at"],
         "updated_at": data["updated_at"],
         "rate_limit": None,
+        "max_concurrency": None,
         "retry_policy": None,
         "disabled_reason": None,
         "disabled_at": None,
@@ -334,6 +336,7 @@ async def test_show_human_prints_every_detail_and_the_secret(cli: Cli, db: async
         "status:       active\n"
         "events:       a.b, c.d\n"
         "rate limit:   none\n"
+        "concurrency:  default (the daemon's per_endpoint_concurrency)\n"
         "retry policy: default (the daemon's retry_policy)\n"
         f"secret:       {row['secret']}\n"
         f"created:      {shown(row['created_at'])}\n"
@@ -423,6 +426,7 @@ async def test_edit_changes_only_what_is_given(cli: Cli, db: asyncpg.Pool) -> No
         "status:       active\n"
         "events:       a.b\n"
         "rate limit:   none\n"
+        "concurrency:  default (the daemon's per_endpoint_concurrency)\n"
         "retry policy: default (the daemon's retry_policy)\n"
         f"created:      {shown(row['created_at'])}\n"
         f"updated:      {shown(row['updated_at'])}\n"
@@ -730,7 +734,8 @@ async def test_usage_errors_exit_2(cli: Cli, db: asyncpg.Pool) -> None:
     )
     assert_usage_error(
         await cli("webhooks", "edit", str(wid)),
-        "nothing to change: give --url, --name, --description, --rate-limit or --retry-policy",
+        "nothing to change: give --url, --name, --description, --rate-limit,"
+        " --retry-policy or --max-concurrency",
     )
     assert_usage_error(
         await cli("webhooks", "events", str(wid)),

@@ -60,15 +60,16 @@ def test_one_webhooks_batch(kinds: list[str], expected: tuple[object, ...]) -> N
     assert tuple(c[0] for c in columns[1:]) == expected
 
 
-def test_webhooks_are_summed_apart_in_order_of_first_appearance() -> None:
+def test_webhooks_are_summed_apart_in_id_order() -> None:
+    """Id order, whatever order they finished in: every writer locks health rows that way."""
     batch = [row(1, 9, "503"), row(2, 4, "ok"), row(3, 9, "503"), row(4, 4, "404")]
     assert _health_columns(batch) == [
-        [9, 4],
-        [False, True],
-        [False, True],
-        [2, 1],
-        [at(1), at(4)],
-        [at(3), at(4)],
-        ["HTTP 503", "HTTP 404"],
-        [2, 0],
+        [4, 9],
+        [True, False],
+        [True, False],
+        [1, 2],
+        [at(4), at(1)],
+        [at(4), at(3)],
+        ["HTTP 404", "HTTP 503"],
+        [0, 2],
     ]

@@ -393,11 +393,11 @@ async def test_history_never_grows_the_hot_table(db: asyncpg.Pool, dsn: str) -> 
     c = await hot.get()
     try:
         await c.execute(
-            "PREPARE lease(int, float8, bigint[], uuid, bigint[], int[], int, bigint, int) AS "
-            + store.QUERIES["lease_batch"]
+            "PREPARE lease(int, float8, bigint[], uuid, bigint[], int[], int, bigint, int,"
+            " float8) AS " + store.QUERIES["lease_batch"]
         )
         top = await explain(
-            c, "EXECUTE lease(10, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 100)"
+            c, "EXECUTE lease(10, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 100, 0.05)"
         )
         assert delivery_tables(top) == {"deliveries_active"}
         leased = (await store.lease_batch(c, 10, 60.0)).deliveries
@@ -406,7 +406,7 @@ async def test_history_never_grows_the_hot_table(db: asyncpg.Pool, dsn: str) -> 
             "PREPARE outcomes(bigint[], uuid[], text[], float8[], int[], timestamptz[], int[],"
             " int[], text[], bool[], text[], text[], text[], bigint[], bool[], bool[], int[],"
             " timestamptz[], timestamptz[], text[], int[], bigint[], int, float8, float8,"
-            " float8, float8, int) AS " + store.QUERIES["record_outcomes"]
+            " float8, float8, int, timestamptz[]) AS " + store.QUERIES["record_outcomes"]
         )
         top = await explain(c, f"EXECUTE outcomes({await outcome_args(c, leased)})")
         # deliveries_done only as where finished rows are inserted: never scanned.
@@ -416,11 +416,14 @@ async def test_history_never_grows_the_hot_table(db: asyncpg.Pool, dsn: str) -> 
             for n in walk(top["Plan"])
             if n.get("Relation Name") == "deliveries_done"
         ] == [("ModifyTable", "Insert")]
-        await c.execute("PREPARE release(bigint[], uuid[]) AS " + store.QUERIES["release_leases"])
+        await c.execute(
+            "PREPARE release(bigint[], uuid[], timestamptz[]) AS " + store.QUERIES["release_leases"]
+        )
         release = await c.fetchval(
-            "SELECT format('%L, %L', $1::bigint[], $2::uuid[])",
+            "SELECT format('%L, %L, %L', $1::bigint[], $2::uuid[], $3::timestamptz[])",
             [d.id for d in leased],
             [d.lease_token for d in leased],
+            [d.lease_until for d in leased],
         )
         assert delivery_tables(await explain(c, f"EXECUTE release({release})")) == {
             "deliveries_active"

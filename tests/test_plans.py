@@ -33,22 +33,23 @@ BUFFERS_PER_ROW = 60
 BUFFERS_FIXED = 200
 
 _PREPARE = {
-    "lease_batch": "int, float8, bigint[], uuid, bigint[], int[], int, bigint, int",
+    "lease_batch": "int, float8, bigint[], uuid, bigint[], int[], int, bigint, int, float8",
     "record_outcomes": (
         "bigint[], uuid[], text[], float8[], int[], timestamptz[], int[], int[], text[],"
         " bool[], text[], text[], text[], bigint[], bool[], bool[], int[], timestamptz[],"
-        " timestamptz[], text[], int[], bigint[], int, float8, float8, float8, float8, int"
+        " timestamptz[], text[], int[], bigint[], int, float8, float8, float8, float8, int,"
+        " timestamptz[]"
     ),
-    "release_leases": "bigint[], uuid[]",
+    "release_leases": "bigint[], uuid[], timestamptz[]",
     "sweep_deliveries": "float8, int, timestamptz",
     "sweep_attempts": "float8, int, timestamptz",
     "sweep_events": "float8, int, timestamptz, uuid",
 }
-_EMPTY_OUTCOMES = ", ".join(["'{}'"] * 22 + ["10", "30", "600", "86400", "432000", "10"])
+_EMPTY_OUTCOMES = ", ".join(["'{}'"] * 22 + ["10", "30", "600", "86400", "432000", "10", "'{}'"])
 _EMPTY_ARGS = {
-    "lease_batch": "1, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 1000",
+    "lease_batch": "1, 60, '{}', gen_random_uuid(), '{}', '{}', 16, 0, 1000, 0.05",
     "record_outcomes": _EMPTY_OUTCOMES,
-    "release_leases": "'{}', '{}'",
+    "release_leases": "'{}', '{}', '{}'",
     "sweep_deliveries": "86400, 1, NULL",
     "sweep_attempts": "86400, 1, NULL",
     "sweep_events": "86400, 1, '-infinity', '00000000-0000-0000-0000-000000000000'",
@@ -182,7 +183,7 @@ async def outcome_args(c: asyncpg.Connection, leased: list[store.LeasedDelivery]
         " || ', ' || format('%L, %L, %L, %L, %L, %L, %L, %L, %L', $14::bigint[], $15::bool[],"
         " $16::bool[], $17::int[], $18::timestamptz[], $19::timestamptz[], $20::text[],"
         " $21::int[], $22::bigint[])"
-        " || ', 5, 30, 600, 0, 0, 1'",
+        " || ', 5, 30, 600, 0, 0, 1, ' || format('%L', $23::timestamptz[])",
         # Failures that count toward the breaker: the health rows are written too, the breaker
         # opens, and every webhook is due for a failing report and a disable.
         [d.id for d in leased],
@@ -207,6 +208,7 @@ async def outcome_args(c: asyncpg.Connection, leased: list[store.LeasedDelivery]
         ["HTTP 503"] * len(webhooks),
         [len(leased)] * len(webhooks),
         [d.id for d in leased],
+        [d.lease_until for d in leased],
     )
     return literal
 
@@ -222,7 +224,7 @@ async def test_hot_statements_read_in_proportion_to_their_batch(
     if mode == "analyzed":
         await c.execute("ANALYZE")
 
-    lease_args = f"{BATCH}, 60, '{{}}', gen_random_uuid(), '{{}}', '{{}}', 1000, 0, 1000"
+    lease_args = f"{BATCH}, 60, '{{}}', gen_random_uuid(), '{{}}', '{{}}', 1000, 0, 1000, 0.05"
     top = await explain(c, f"EXECUTE lease_batch({lease_args})")
     assert top["Plan"]["Actual Rows"] == BATCH
     assert_bounded("lease_batch", top, BATCH)
@@ -234,9 +236,10 @@ async def test_hot_statements_read_in_proportion_to_their_batch(
     assert_bounded("record_outcomes", top, BATCH)
 
     release = await c.fetchval(
-        "SELECT format('%L, %L', $1::bigint[], $2::uuid[])",
+        "SELECT format('%L, %L, %L', $1::bigint[], $2::uuid[], $3::timestamptz[])",
         [d.id for d in leased],
         [d.lease_token for d in leased],
+        [d.lease_until for d in leased],
     )
     assert_bounded("release_leases", await explain(c, f"EXECUTE release_leases({release})"), BATCH)
 

@@ -10,7 +10,11 @@ import click
 from dispatcher.cli.output import cell, fields, plain, shorten, table
 from dispatcher.manage.fields import WEBHOOK_FIELDS
 from dispatcher.manage.health import breaker_state, health_json, health_of, success_rate
-from dispatcher.manage.validation import check_rate_limit, check_retry_policy
+from dispatcher.manage.validation import (
+    check_max_concurrency,
+    check_rate_limit,
+    check_retry_policy,
+)
 
 
 def webhook_json(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,6 +35,19 @@ def parse_rate_limit(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
     return check_rate_limit(text, "--rate-limit")
+
+
+def parse_max_concurrency(text: str) -> int | None:
+    """--max-concurrency: attempts in flight over all instances, or default (the setting)."""
+    if text.strip().lower() == "default":
+        return None
+    return check_max_concurrency(text, "--max-concurrency")
+
+
+def concurrency(value: int | None) -> str:
+    if value is None:
+        return "default (the daemon's per_endpoint_concurrency)"
+    return f"at most {value} at once"
 
 
 def parse_retry_policy(text: str) -> str | None:
@@ -55,6 +72,7 @@ def print_webhook(row: Mapping[str, Any], show_secret: bool = False) -> None:
     pairs += [
         ("events", row["event_types"]),
         ("rate limit", rate(row["rate_limit"])),
+        ("concurrency", concurrency(row["max_concurrency"])),
         ("retry policy", row["retry_policy"] or "default (the daemon's retry_policy)"),
     ]
     if show_secret:

@@ -14,7 +14,9 @@ from dispatcher.cli import Context, common_options, main
 from dispatcher.cli.output import cell, emit_json, fields, plain, shorten, table
 from dispatcher.cli.params import ID, Duration, DurationType, split_values
 from dispatcher.cli.webhook_view import (
+    concurrency,
     list_json,
+    parse_max_concurrency,
     parse_rate_limit,
     parse_retry_policy,
     print_health,
@@ -34,6 +36,10 @@ DAY = timedelta(days=1)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 RATE_LIMIT_HELP = "Requests per second at most (a number, e.g. 5 or 0.5); none for no limit."
+MAX_CONCURRENCY_HELP = (
+    "Attempts in flight at once over all instances (1 to 1000); default: the daemon's"
+    " per_endpoint_concurrency."
+)
 RETRY_POLICY_HELP = (
     "schedule (retry_schedule), exponential (with full jitter), or default: the daemon's"
     " retry_policy."
@@ -60,6 +66,7 @@ def webhooks() -> None:
 @click.option("--allow-unknown", is_flag=True, help="Accept types missing from the catalog.")
 @click.option("--rate-limit", metavar="PER_SECOND", help=RATE_LIMIT_HELP)
 @click.option("--retry-policy", metavar="POLICY", help=RETRY_POLICY_HELP)
+@click.option("--max-concurrency", metavar="N", help=MAX_CONCURRENCY_HELP)
 @json_option
 @click.pass_obj
 def add(
@@ -71,12 +78,14 @@ def add(
     allow_unknown: bool,
     rate_limit: str | None,
     retry_policy: str | None,
+    max_concurrency: str | None,
     as_json: bool,
 ) -> None:
     """Create a webhook; it is active at once. Prints its id and secret."""
     types = split_values(event_types)
     limit = None if rate_limit is None else parse_rate_limit(rate_limit)
     policy = None if retry_policy is None else parse_retry_policy(retry_policy)
+    cap = None if max_concurrency is None else parse_max_concurrency(max_concurrency)
     row = obj.run(
         lambda conn: admin.create_webhook(
             conn,
@@ -87,6 +96,7 @@ def add(
             allow_unknown=allow_unknown,
             rate_limit=limit,
             retry_policy=policy,
+            max_concurrency=cap,
         )
     )
     warn_if_refused(obj, row["url"])
@@ -99,6 +109,8 @@ def add(
         pairs.append(("rate limit", rate(row["rate_limit"])))
     if row["retry_policy"] is not None:
         pairs.append(("retry policy", row["retry_policy"]))
+    if row["max_concurrency"] is not None:
+        pairs.append(("concurrency", concurrency(row["max_concurrency"])))
     fields([*pairs, ("secret", row["secret"])])
     click.echo("Receivers verify the webhook-signature header with this secret.")
 
@@ -184,6 +196,7 @@ def warn_if_refused(obj: Context, url: str) -> None:
 @click.option("--description", help="New description.")
 @click.option("--rate-limit", metavar="PER_SECOND", help=RATE_LIMIT_HELP)
 @click.option("--retry-policy", metavar="POLICY", help=RETRY_POLICY_HELP)
+@click.option("--max-concurrency", metavar="N", help=MAX_CONCURRENCY_HELP)
 @json_option
 @click.pass_obj
 def edit(
@@ -194,15 +207,18 @@ def edit(
     description: str | None,
     rate_limit: str | None,
     retry_policy: str | None,
+    max_concurrency: str | None,
     as_json: bool,
 ) -> None:
-    """Change a webhook's URL, name, description, rate limit or retry policy."""
-    if (url, name, description, rate_limit, retry_policy) == (None,) * 5:
+    """Change a webhook's URL, name, description, rate limit, retry policy or max concurrency."""
+    if (url, name, description, rate_limit, retry_policy, max_concurrency) == (None,) * 6:
         raise click.UsageError(
-            "nothing to change: give --url, --name, --description, --rate-limit or --retry-policy"
+            "nothing to change: give --url, --name, --description, --rate-limit,"
+            " --retry-policy or --max-concurrency"
         )
     limit = admin.KEEP if rate_limit is None else parse_rate_limit(rate_limit)
     policy = admin.KEEP if retry_policy is None else parse_retry_policy(retry_policy)
+    cap = admin.KEEP if max_concurrency is None else parse_max_concurrency(max_concurrency)
     row = obj.run(
         lambda conn: admin.edit_webhook(
             conn,
@@ -212,6 +228,7 @@ def edit(
             description=description,
             rate_limit=limit,
             retry_policy=policy,
+            max_concurrency=cap,
         )
     )
     if url is not None:

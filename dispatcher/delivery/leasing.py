@@ -51,9 +51,10 @@ class Leaser:
         # Lease in chunks of at least this many rows while busy, so a drain of a backlog is a
         # few large leases rather than one tiny lease per finished attempt.
         self._min_lease = max(1, min(self._batch, self._cap) // 4)
-        # Likewise, a webhook held back by its cap is leased for again once a quarter of its
-        # slots are free, not at every finished attempt.
-        self._refill = max(1, self._per_webhook_cap // 4)
+        # Each webhook's cap (its max_concurrency, or per_endpoint_concurrency), as the last
+        # lease of its rows returned it. It bounds this process's attempts; the lease bounds the
+        # attempts of all instances together.
+        self._caps: dict[int, int] = {}
         self._lease_s = settings.lease_duration.total_seconds()
         self._poll_s = settings.poll_interval_s
         self._timeout_s = settings.request_timeout_s
@@ -142,6 +143,7 @@ class Leaser:
                     self._per_webhook_cap,
                     self._cursor,
                     held=self._tripped(),
+                    caps=self._caps,
                 )
                 backoff.reset()
             except TRANSIENT_DB_ERRORS as exc:
@@ -157,6 +159,7 @@ class Leaser:
                 await self._sleep(pause)
                 continue
             self._cursor = lease.next_cursor
+            self._caps.update(lease.caps)
             if self._metrics is not None:
                 self._metrics.leased(len(lease.deliveries))
             self._start(lease.deliveries)
@@ -199,8 +202,11 @@ class Leaser:
         n, since = self._tripping.get(webhook_id, (0, written))
         self._tripping[webhook_id] = (n + 1 if since == written else 1, written)
 
+    def _cap_of(self, webhook_id: int) -> int:
+        return self._caps.get(webhook_id, self._per_webhook_cap)
+
     def _per_webhook_saturated(self) -> bool:
-        return any(n >= self._per_webhook_cap for n in self._per_webhook.values())
+        return any(n >= self._cap_of(w) for w, n in self._per_webhook.items())
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for _wake, at most `seconds`; always yield to the loop at least once.
@@ -321,10 +327,11 @@ class Leaser:
         else:
             del self._per_webhook[d.webhook_id]
         # Wake the loop when it waits for capacity (it checks again whether enough is free), or
-        # when this webhook, perhaps held back by its cap, has _refill free slots again. The
-        # loop clears _wake only just before it leases, so a wake-up that lands during a lease
-        # query is not lost.
-        if self._capacity_wanted or count == self._per_webhook_cap - self._refill + 1:
+        # when this webhook, perhaps held back by its cap, has a quarter of its slots free
+        # again: not at every finished attempt. The loop clears _wake only just before it
+        # leases, so a wake-up that lands during a lease query is not lost.
+        cap = self._cap_of(d.webhook_id)
+        if self._capacity_wanted or count == cap - max(1, cap // 4) + 1:
             self._capacity_wanted = False
             self._wake.set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -76,6 +77,7 @@ class OutcomeWriter:
             outcome,
             decision,
             delivery.webhook_id,
+            delivery.lease_until,
         )
         self._buffer.append(row)
         if self._metrics is not None:
@@ -148,6 +150,7 @@ def outcome_row(
     outcome: Outcome,
     decision: Decision,
     webhook_id: int,
+    lease_until: datetime | None = None,
 ) -> OutcomeRow:
     """Describe an attempt's outcome as the row record_outcomes writes."""
     return OutcomeRow(
@@ -167,6 +170,7 @@ def outcome_row(
         retry_reason=decision.reason,
         breaker=not outcome.ok
         and counts_toward_breaker(outcome.response_status, outcome.error_kind),
+        lease_until=lease_until,
     )
 
 

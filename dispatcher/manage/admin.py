@@ -20,6 +20,7 @@ from dispatcher.manage.validation import (
     check_description,
     check_event_type,
     check_event_types,
+    check_max_concurrency,
     check_name,
     check_rate_limit,
     check_retry_policy,
@@ -87,23 +88,34 @@ async def create_webhook(
     allow_unknown: bool = False,
     rate_limit: float | None = None,
     retry_policy: str | None = None,
+    max_concurrency: int | None = None,
 ) -> asyncpg.Record:
     """Check every field, then create the webhook; it is active at once.
 
     Event types are de-duplicated in order; unless `allow_unknown`, each must be in the
     catalog when the catalog is not empty. `rate_limit` is in requests per second (None: no
-    limit); `retry_policy` None means the daemon's default.
+    limit); `retry_policy` None means the daemon's default; `max_concurrency` caps its
+    attempts in flight over all instances (None: the daemon's per_endpoint_concurrency).
     """
     name, url = check_name(name), check_url(url)
     description = check_description(description)
     types = check_event_types(list(dict.fromkeys(event_types)))
     rate_limit = None if rate_limit is None else check_rate_limit(rate_limit)
     retry_policy = None if retry_policy is None else check_retry_policy(retry_policy)
+    if max_concurrency is not None:
+        max_concurrency = check_max_concurrency(max_concurrency)
     async with conn.transaction():
         if not allow_unknown:
             await check_known_types(conn, types)
         row: asyncpg.Record = await conn.fetchrow(
-            Q["add_webhook"], name, url, description, types, rate_limit, retry_policy
+            Q["add_webhook"],
+            name,
+            url,
+            description,
+            types,
+            rate_limit,
+            retry_policy,
+            max_concurrency,
         )
         return row
 
@@ -136,15 +148,19 @@ async def edit_webhook(
     description: str | None = None,
     rate_limit: float | Keep | None = KEEP,
     retry_policy: str | Keep | None = KEEP,
+    max_concurrency: int | Keep | None = KEEP,
 ) -> asyncpg.Record:
     """Check and change a webhook's fields.
 
-    None leaves a name, URL or description as it is; KEEP leaves the rate limit or the retry
-    policy as it is, and None clears it (no limit; the daemon's default policy).
+    None leaves a name, URL or description as it is; KEEP leaves the rate limit, the retry
+    policy or the concurrency cap as it is, and None clears it (no limit; the daemon's default
+    policy; the daemon's per_endpoint_concurrency).
     """
-    if (name, url, description) == (None, None, None) and rate_limit is retry_policy is KEEP:
+    flow = (rate_limit, retry_policy, max_concurrency)
+    if (name, url, description) == (None, None, None) and all(f is KEEP for f in flow):
         raise ValidationError(
-            "nothing to change: give a new name, URL, description, rate limit or retry policy"
+            "nothing to change: give a new name, URL, description, rate limit, retry policy or"
+            " max concurrency"
         )
     url = None if url is None else check_url(url)
     name = None if name is None else check_name(name)
@@ -153,6 +169,8 @@ async def edit_webhook(
         rate_limit = check_rate_limit(rate_limit)
     if retry_policy is not None and retry_policy is not KEEP:
         retry_policy = check_retry_policy(retry_policy)
+    if max_concurrency is not None and max_concurrency is not KEEP:
+        max_concurrency = check_max_concurrency(max_concurrency)
     row = await conn.fetchrow(
         Q["update_webhook"],
         webhook_id,
@@ -163,6 +181,8 @@ async def edit_webhook(
         None if rate_limit is KEEP else rate_limit,
         retry_policy is not KEEP,
         None if retry_policy is KEEP else retry_policy,
+        max_concurrency is not KEEP,
+        None if max_concurrency is KEEP else max_concurrency,
     )
     return found(row, f"webhook {webhook_id}")
 

@@ -18,6 +18,7 @@ WEBHOOK_FIELDS = (
     "created_at",
     "updated_at",
     "rate_limit",
+    "max_concurrency",
     "retry_policy",
     "disabled_reason",
     "disabled_at",

@@ -100,13 +100,14 @@ async def send_test(
                 event_type,
                 payload,
             )
-            delivery_id: int = await conn.fetchval(
+            inserted = await conn.fetchrow(
                 admin.Q["insert_test_delivery"],
                 event["message_id"],
                 webhook["id"],
                 settings.lease_duration.total_seconds(),
                 token,
             )
+            delivery_id: int = inserted["id"]
     message_id = str(event["message_id"])
     body = build_body(message_id, event_type, event["created_at"], event["payload"])
     headers = Signer(settings).headers(
@@ -119,7 +120,9 @@ async def send_test(
     # A test is one attempt, never retried; its outcome counts toward the webhook's health like
     # any other (a success closes an open breaker).
     decision = SUCCEEDED if outcome.ok else Decision("failed", 0.0, None)
-    row = outcome_row(delivery_id, token, 1, outcome, decision, webhook["id"])
+    row = outcome_row(
+        delivery_id, token, 1, outcome, decision, webhook["id"], inserted["lease_until"]
+    )
     async with _connection(db) as conn:
         await store.record_outcomes(conn, [row], HealthRules.from_settings(settings))
     shown = [

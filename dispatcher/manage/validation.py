@@ -297,6 +297,31 @@ def check_rate_limit(value: object, what: str = "rate_limit") -> float:
     return number
 
 
+# The database's CHECK constraint on webhooks.max_concurrency (migration 009).
+MAX_CONCURRENCY = 1000
+
+
+def check_max_concurrency(value: object, what: str = "max_concurrency") -> int:
+    """Return a concurrency cap: a whole number of attempts in flight from 1 to 1000.
+
+    Takes the text a person typed or an integer from JSON; `what` names the field in the message.
+    """
+    shown = repr(value) if isinstance(value, str) else str(value)
+    number: int | None = None
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,9}\s*", value):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        number = int(value)
+    if number is None or not 1 <= number <= MAX_CONCURRENCY:
+        raise ValidationError(
+            f"{what} must be a whole number of attempts in flight from 1 to {MAX_CONCURRENCY},"
+            f" got {shown}"
+        )
+    return number
+
+
 def check_retry_policy(value: object, what: str = "retry_policy", default: str = "null") -> str:
     """Return a named retry policy; `default` is how the surface says "the daemon's default"."""
     if isinstance(value, str) and value in RETRY_POLICIES:

@@ -3,7 +3,7 @@
 -- name: webhook_columns
 -- (a fragment, not a query: the columns every webhook read returns)
 id, service_name, url, description, secret, event_types, status, created_at, updated_at,
-rate_limit, retry_policy, disabled_reason, disabled_at,
+rate_limit, max_concurrency, retry_policy, disabled_reason, disabled_at,
 CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret,
 CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END
     AS previous_secret_expires_at
@@ -21,8 +21,8 @@ coalesce(h.throttled_at > now() - interval '1 minute', false) AS rate_limited
 -- name: add_webhook
 WITH w AS (
     INSERT INTO dispatcher.webhooks
-        (service_name, url, description, event_types, rate_limit, retry_policy)
-    VALUES ($1, $2, $3, $4, $5, $6)
+        (service_name, url, description, event_types, rate_limit, retry_policy, max_concurrency)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     RETURNING {webhook_columns}
 )
 SELECT w.*, {health_columns}
@@ -40,7 +40,7 @@ SELECT {webhook_columns} FROM dispatcher.webhooks WHERE id = $1 FOR UPDATE;
 -- (a fragment, not a query: what a listing shows of each webhook `w`; never the secret)
 w.id, w.service_name, w.url, w.description, w.status, w.event_types,
 cardinality(w.event_types) AS event_type_count, w.created_at, w.updated_at,
-w.rate_limit, w.retry_policy, w.disabled_reason, w.disabled_at
+w.rate_limit, w.max_concurrency, w.retry_policy, w.disabled_reason, w.disabled_at
 
 -- name: list_webhooks
 -- Every webhook with its health and its delivery counts over the last $1 seconds.
@@ -67,15 +67,16 @@ LEFT JOIN dispatcher.webhook_health h ON h.webhook_id = w.id
 ORDER BY w.id;
 
 -- name: update_webhook
--- NULL leaves a name, URL or description as it is; the rate limit and the retry policy change
--- (to NULL too) only where their flag, $5 and $7, is true.
+-- NULL leaves a name, URL or description as it is; the rate limit, the retry policy and the
+-- concurrency cap change (to NULL too) only where their flag, $5, $7 and $9, is true.
 WITH w AS (
     UPDATE dispatcher.webhooks
     SET service_name = coalesce($2, service_name),
         url = coalesce($3, url),
         description = coalesce($4, description),
         rate_limit = CASE WHEN $5::bool THEN $6::float8 ELSE rate_limit END,
-        retry_policy = CASE WHEN $7::bool THEN $8::text ELSE retry_policy END
+        retry_policy = CASE WHEN $7::bool THEN $8::text ELSE retry_policy END,
+        max_concurrency = CASE WHEN $9::bool THEN $10::int ELSE max_concurrency END
     WHERE id = $1
     RETURNING {webhook_columns}
 )
@@ -196,7 +197,20 @@ WHERE t <> '*' AND t <> ALL ($2::text[])
 SELECT sample::text FROM dispatcher.event_types WHERE name = $1;
 
 -- name: insert_test_delivery
--- A test attempt's delivery, leased to the CLI from the start so no daemon picks it up.
-INSERT INTO dispatcher.deliveries (message_id, webhook_id, kind, attempts, run_at, lease_token)
-VALUES ($1, $2, 'test', 1, now() + make_interval(secs => $3::float8), $4)
-RETURNING id;
+-- A test attempt's delivery, leased to the CLI from the start so no daemon picks it up. It is
+-- counted in the webhook's attempts in flight like a daemon's lease (its outcome write
+-- subtracts it), with the same reset rule as lease_batch; a test is sent even at the cap.
+WITH inserted AS (
+    INSERT INTO dispatcher.deliveries (message_id, webhook_id, kind, attempts, run_at, lease_token)
+    VALUES ($1, $2, 'test', 1, now() + make_interval(secs => $3::float8), $4)
+    RETURNING id, webhook_id, run_at
+), counted AS (
+    UPDATE dispatcher.webhook_health h
+    SET in_flight = CASE WHEN h.leased_until <= now() THEN 0 ELSE h.in_flight END + 1,
+        slots_reset_at = CASE WHEN h.leased_until <= now()
+                              THEN greatest(h.slots_reset_at, now()) ELSE h.slots_reset_at END,
+        leased_until = greatest(h.leased_until, i.run_at)
+    FROM inserted i
+    WHERE h.webhook_id = i.webhook_id
+)
+SELECT id, run_at AS lease_until FROM inserted;

@@ -2,8 +2,10 @@
 
 -- name: lease_batch
 -- $1 batch size, $2 lease seconds, $3 webhook ids with no free slot, $4 this batch's lease token,
--- $5/$6 webhooks with attempts in flight and their free slots, $7 the per-webhook cap, $8 the
--- round-robin cursor (visit webhooks with a greater id first), $9 how many webhooks to visit.
+-- $5/$6 webhooks with attempts in flight and their free slots, $7 the per-webhook cap of a
+-- webhook with none of its own (max_concurrency), $8 the round-robin cursor (visit webhooks with
+-- a greater id first), $9 how many webhooks to visit, $10 seconds to wait before looking again
+-- at a webhook at its cap over all instances.
 --
 -- Every step reads rows in proportion to the batch or to the webhooks with pending rows, never
 -- to the backlog: each reads one webhook's range of deliveries_pending, or rows by id. It names
@@ -30,20 +32,36 @@ WITH RECURSIVE heads AS (
         LIMIT 1) nxt
     WHERE h.visited < $9
 ), due AS (
-    -- The heads due now, with their webhook's gate read by primary key: a rate limit, or a
-    -- circuit breaker (open until breaker_until, then ready for one probe).
-    SELECT h.webhook_id, h.run_at AS head, h.id AS head_id, g.rate_limit, g.breaker_until
+    -- The heads due now, with their webhook's gate read by primary key: a rate limit, a circuit
+    -- breaker (open until breaker_until, then ready for one probe), and whether it was at its
+    -- cap over all instances. This unlocked read only plans the next lease (`scan`); what is
+    -- taken is decided on the locked gate below.
+    SELECT h.webhook_id, h.run_at AS head, h.id AS head_id, g.gate, g.rate_limit,
+           g.breaker_until, g.full
     FROM heads h
-    LEFT JOIN LATERAL (SELECT g.rate_limit, g.breaker_until
+    LEFT JOIN LATERAL (SELECT g.webhook_id AS gate, g.rate_limit, g.breaker_until,
+                              g.leased_until > now()
+                                  AND g.in_flight >= coalesce(g.max_concurrency, $7::int) AS full
                        FROM dispatcher.webhook_health g
                        WHERE g.webhook_id = h.webhook_id LIMIT 1) g ON true
     WHERE h.run_at <= now() AND h.webhook_id <> ALL ($3::bigint[])
 ), gates AS (
-    -- Lock the gate of each due webhook that has one and may send now: its tokens are spent,
-    -- or its probe claimed, in `spent` below. SKIP LOCKED: another instance is doing that this
-    -- moment, and this lease leaves the webhook alone. A breaker reopened since `due` read it
-    -- is read again here, and excluded.
+    -- Lock the gate of every due webhook that may send now: its count of attempts in flight
+    -- over all instances, its tokens and its probe change in `spent` below. SKIP LOCKED:
+    -- another instance is leasing for it this moment, and this lease leaves the webhook alone.
+    -- A locked row is read at its latest committed version, whatever this statement's snapshot
+    -- saw, so in_flight here is exact across instances; a count of its leased rows from
+    -- deliveries_pending would read the snapshot, which predates the lock, and miss the leases
+    -- another instance committed meanwhile. A breaker reopened since `due` read it is read
+    -- again here, and excluded.
     SELECT g.webhook_id, g.breaker_until,
+           coalesce(g.max_concurrency, $7::int) AS cap,
+           -- Past the latest deadline granted, every lease counted has expired: its holder is
+           -- dead, or its late write is fenced out by the token. The count starts again from 0,
+           -- and forgets the leases that ended by then (see `spent`).
+           CASE WHEN g.leased_until <= now() THEN 0 ELSE g.in_flight END AS in_flight,
+           CASE WHEN g.leased_until <= now() THEN greatest(g.slots_reset_at, now())
+                ELSE g.slots_reset_at END AS reset_at,
            -- The bucket refilled to now; it holds a second's worth at most (one token at least).
            CASE WHEN g.rate_limit IS NOT NULL THEN
                least(greatest(g.rate_limit, 1),
@@ -52,33 +70,38 @@ WITH RECURSIVE heads AS (
                               greatest(g.rate_limit, 1)))
            END AS tokens
     FROM dispatcher.webhook_health g
-    WHERE g.webhook_id = ANY (ARRAY(SELECT d.webhook_id FROM due d
-                                    WHERE d.rate_limit IS NOT NULL
-                                       OR d.breaker_until IS NOT NULL))
+    WHERE g.webhook_id = ANY (ARRAY(SELECT d.webhook_id FROM due d))
       AND (g.breaker_until IS NULL OR g.breaker_until <= now())
     FOR UPDATE SKIP LOCKED
 ), eligible AS (
-    -- Webhooks with due work and a free slot here, with how many rows each may take: its free
-    -- slots, its whole tokens, and a single probe when its breaker is ready for one.
-    SELECT d.webhook_id, d.head, d.head_id,
-           least(coalesce(busy.free, $7::int),
-                 CASE WHEN gt.breaker_until IS NOT NULL THEN 1 END,
-                 floor(gt.tokens)::int) AS free
-    FROM due d
-    LEFT JOIN gates gt ON gt.webhook_id = d.webhook_id
-    LEFT JOIN unnest($5::bigint[], $6::int[]) AS busy(webhook_id, free)
-      ON busy.webhook_id = d.webhook_id
-    WHERE (d.rate_limit IS NULL AND d.breaker_until IS NULL) OR gt.webhook_id IS NOT NULL
+    -- Webhooks with due work and a free slot, with how many rows each may take: its free slots
+    -- here (from its own cap), its free slots over all instances, its whole tokens, and a
+    -- single probe when its breaker is ready for one. A webhook without a health row (none
+    -- should lack one) has no gate to lock, and keeps only each instance's own cap.
+    SELECT e.webhook_id, e.head, e.head_id, e.free
+    FROM (SELECT d.webhook_id, d.head, d.head_id,
+                 least(coalesce(busy.free, gt.cap, $7::int),
+                       gt.cap - gt.in_flight,
+                       CASE WHEN gt.breaker_until IS NOT NULL THEN 1 END,
+                       floor(gt.tokens)::int) AS free
+          FROM due d
+          LEFT JOIN gates gt ON gt.webhook_id = d.webhook_id
+          LEFT JOIN unnest($5::bigint[], $6::int[]) AS busy(webhook_id, free)
+            ON busy.webhook_id = d.webhook_id
+          WHERE gt.webhook_id IS NOT NULL OR d.gate IS NULL) e
+    -- One with nothing free takes no share of the batch below.
+    WHERE e.free > 0
 ), candidates AS (
     -- Each eligible webhook's oldest due rows from its own index range, starting at its head
     -- (the scan seeks past index entries of rows leased or finished since the last vacuum): no
     -- more than its free slots, and no more than an even share of the batch, so the rows locked
     -- here and not leased are at most one per webhook. SKIP LOCKED lets other instances lease
-    -- disjoint rows at the same time.
-    SELECT e.webhook_id, e.head, c.id, c.run_at
+    -- disjoint rows at the same time. A row's old lease (token and deadline, when it expired)
+    -- decides below whether it is counted against the cap again.
+    SELECT e.webhook_id, e.head, c.id, c.run_at, c.lease_token IS NULL AS fresh
     FROM eligible e
     CROSS JOIN LATERAL (
-        SELECT d.id, d.run_at
+        SELECT d.id, d.run_at, d.lease_token
         FROM dispatcher.deliveries_active d
         WHERE d.webhook_id = e.webhook_id AND d.status = 'pending'
           AND (d.run_at, d.id) >= (e.head, e.head_id) AND d.run_at <= now()
@@ -89,8 +112,8 @@ WITH RECURSIVE heads AS (
     -- Interleave the webhooks: every webhook's first row, then every webhook's second row, and
     -- so on, oldest heads first. One webhook's backlog cannot fill the batch while another
     -- webhook has a due row.
-    SELECT r.id
-    FROM (SELECT c.id, c.head,
+    SELECT r.id, r.webhook_id, r.run_at, r.fresh
+    FROM (SELECT c.id, c.webhook_id, c.head, c.run_at, c.fresh,
                  row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.run_at, c.id) AS n
           FROM candidates c) r
     ORDER BY r.n, r.head, r.id
@@ -104,41 +127,64 @@ WITH RECURSIVE heads AS (
         lease_token = $4::uuid,
         attempts = d.attempts + 1
     WHERE d.id = ANY (ARRAY(SELECT id FROM chosen))
-    RETURNING d.id, d.message_id, d.webhook_id, d.attempts
+    RETURNING d.id, d.message_id, d.webhook_id, d.attempts, d.run_at
+), taken AS (
+    -- Per webhook: the rows taken, and how many of them were not counted against its cap yet:
+    -- rows not leased before, and rows whose expired lease a reset forgot (it ended no later
+    -- than the reset). A row whose counted lease expired moves from its old holder, fenced out
+    -- now, to this lease: it stays counted once.
+    SELECT c.webhook_id, count(*)::int AS n, min(c.id) AS first_id,
+           count(*) FILTER (WHERE c.fresh OR c.run_at <= gt.reset_at)::int AS counted
+    FROM chosen c
+    JOIN gates gt ON gt.webhook_id = c.webhook_id
+    GROUP BY c.webhook_id
 ), spent AS (
-    -- On the gate rows locked above: spend the tokens taken, and claim the probe sent. The
-    -- probe holds the breaker for its lease; if its outcome never comes (a crash), another
-    -- probe goes when that lease would have expired.
+    -- On the gate rows locked above: count the attempts taken, spend the tokens taken, and
+    -- claim the probe sent. The probe holds the breaker for its lease; if its outcome never
+    -- comes (a crash), another probe goes when that lease would have expired.
     UPDATE dispatcher.webhook_health g
-    SET tokens = coalesce(gt.tokens - coalesce(n.taken, 0), g.tokens),
+    SET tokens = coalesce(gt.tokens - coalesce(n.n, 0), g.tokens),
         tokens_at = CASE WHEN gt.tokens IS NULL THEN g.tokens_at ELSE now() END,
-        throttled_at = CASE WHEN gt.tokens - coalesce(n.taken, 0) < 1 THEN now()
+        throttled_at = CASE WHEN gt.tokens - coalesce(n.n, 0) < 1 THEN now()
                             ELSE g.throttled_at END,
-        breaker_until = CASE WHEN gt.breaker_until IS NOT NULL AND n.taken > 0
+        breaker_until = CASE WHEN gt.breaker_until IS NOT NULL AND n.n > 0
                              THEN now() + make_interval(secs => $2::float8)
                              ELSE g.breaker_until END,
-        probe_delivery_id = CASE WHEN gt.breaker_until IS NOT NULL AND n.taken > 0
-                                 THEN n.first_id ELSE g.probe_delivery_id END
+        probe_delivery_id = CASE WHEN gt.breaker_until IS NOT NULL AND n.n > 0
+                                 THEN n.first_id ELSE g.probe_delivery_id END,
+        -- A reset is written only with rows taken: the count and the time it was reset at go
+        -- together.
+        in_flight = CASE WHEN n.n > 0 THEN gt.in_flight + n.counted ELSE g.in_flight END,
+        slots_reset_at = CASE WHEN n.n > 0 THEN gt.reset_at ELSE g.slots_reset_at END,
+        leased_until = CASE WHEN n.n > 0
+                            THEN greatest(g.leased_until,
+                                          now() + make_interval(secs => $2::float8))
+                            ELSE g.leased_until END
     FROM gates gt
-    LEFT JOIN (SELECT l.webhook_id, count(*)::int AS taken, min(l.id) AS first_id
-               FROM leased l GROUP BY l.webhook_id) n ON n.webhook_id = gt.webhook_id
+    LEFT JOIN taken n ON n.webhook_id = gt.webhook_id
     WHERE g.webhook_id = ANY (ARRAY(SELECT webhook_id FROM gates))
       AND g.webhook_id = gt.webhook_id
       -- Nothing taken leaves the bucket as it was (it refills from tokens_at whenever read):
       -- no new row version, except to note now and then that the limit held rows back.
-      AND (n.taken > 0 OR g.throttled_at IS NULL OR g.throttled_at < now() - interval '10 s')
+      AND (n.n > 0 OR (gt.tokens IS NOT NULL
+                       AND (g.throttled_at IS NULL OR g.throttled_at < now() - interval '10 s')))
 ), scan AS (
     -- What the loop needs to decide when to lease next, from the heads already read: seconds
     -- until the earliest head can go (NULL when nothing is pending; leased rows count, due
     -- when their lease expires; an open breaker's rows when it may probe; a rate-limited
-    -- webhook's when its next token comes), and where the next lease resumes when this one
-    -- stopped at $9 webhooks.
+    -- webhook's when its next token comes; a webhook at its cap over all instances $10 s from
+    -- now, since the outcome write that frees a slot may be another instance's, and tells this
+    -- one nothing), and where the next lease resumes when this one stopped at $9 webhooks.
     SELECT (SELECT extract(epoch FROM min(
                 CASE WHEN d.breaker_until > now() THEN d.breaker_until
+                     WHEN coalesce(gt.in_flight >= gt.cap, d.full)
+                     THEN now() + make_interval(secs => $10::float8)
                      WHEN d.rate_limit IS NOT NULL
                      THEN now() + make_interval(secs => 1.0 / d.rate_limit)
                      ELSE h.run_at END) - now())::float8
-            FROM heads h LEFT JOIN due d ON d.webhook_id = h.webhook_id) AS next_due_s,
+            FROM heads h
+            LEFT JOIN due d ON d.webhook_id = h.webhook_id
+            LEFT JOIN gates gt ON gt.webhook_id = h.webhook_id) AS next_due_s,
            (SELECT CASE WHEN count(*) >= $9 THEN max(h.webhook_id) ELSE 0 END
             FROM heads h) AS next_cursor
 )
@@ -146,7 +192,8 @@ WITH RECURSIVE heads AS (
 SELECT s.next_due_s, s.next_cursor, l.id, l.message_id, l.webhook_id, l.attempts, e.event_type,
        e.payload::text AS payload, e.created_at, w.url, w.secret,
        CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END
-           AS previous_secret, w.retry_policy
+           AS previous_secret, w.retry_policy, coalesce(w.max_concurrency, $7::int) AS cap,
+       l.run_at AS lease_until
 FROM scan s
 LEFT JOIN (leased l
            -- LIMIT 1 keeps each lookup a subquery run once per leased row by primary key: as
@@ -155,7 +202,8 @@ LEFT JOIN (leased l
                                FROM dispatcher.events e
                                WHERE e.message_id = l.message_id LIMIT 1) e
            CROSS JOIN LATERAL (SELECT w.url, w.secret, w.previous_secret,
-                                      w.previous_secret_expires_at, w.retry_policy
+                                      w.previous_secret_expires_at, w.retry_policy,
+                                      w.max_concurrency
                                FROM dispatcher.webhooks w
                                WHERE w.id = l.webhook_id LIMIT 1) w) ON true;
 
@@ -168,7 +216,9 @@ LEFT JOIN (leased l
 -- open it, $24 the first cool-off, doubling up to $25). It returns the deliveries written and,
 -- as JSON, the webhooks whose health needs the daemon's attention: a breaker opened or closed,
 -- or a streak old enough to be reported ($26 s) or to disable the webhook ($27 s and $28
--- attempts), or a reported streak that has ended.
+-- attempts), or a reported streak that has ended. The deliveries written free their slots in
+-- their webhook's count of attempts in flight over all instances (see lease_batch); $29 holds
+-- each one's lease deadline.
 WITH o AS MATERIALIZED (
     -- Unnested once: however the join below is planned, a rescan reads this in memory.
     SELECT *
@@ -222,6 +272,14 @@ WITH o AS MATERIALIZED (
            f.started_at, f.duration_ms, f.response_status, f.response_body,
            f.response_truncated, f.error_kind, f.error_message, f.retry_reason
     FROM finished f
+), freed AS (
+    -- Per webhook, the deadlines of the leases written back here (fenced by their token, so
+    -- none was subtracted before); `health` subtracts those still counted.
+    SELECT u.webhook_id, array_agg(l.lease_until) AS deadlines
+    FROM updated u
+    JOIN unnest($1::bigint[], $29::timestamptz[]) AS l(delivery_id, lease_until)
+      ON l.delivery_id = u.delivery_id
+    GROUP BY u.webhook_id
 ), logged AS (
     INSERT INTO dispatcher.attempts (delivery_id, attempt, started_at, duration_ms,
                                      response_status, response_body, response_truncated,
@@ -246,8 +304,11 @@ WITH o AS MATERIALIZED (
     -- it, so a lease that spent tokens or claimed a probe meanwhile is not undone. `was` is
     -- that snapshot, for reporting what changed. A breaker opens at $23 breaker failures in a
     -- row, reopens for a longer cool-off when its probe fails, and closes on any other outcome.
+    -- The caller sorts $14 by webhook id, so that writers of several rows (other instances'
+    -- outcome writes) lock them in one order and never wait on each other in a cycle.
     UPDATE dispatcher.webhook_health h
-    SET consecutive_failures
+    SET in_flight = greatest(0, h.in_flight - {still_counted}),
+        consecutive_failures
             = CASE WHEN b.any_ok THEN 0 ELSE h.consecutive_failures END + b.failures,
         first_failure_at = CASE WHEN b.any_ok OR h.first_failure_at IS NULL
                                 THEN b.first_failure_at ELSE h.first_failure_at END,
@@ -275,11 +336,13 @@ WITH o AS MATERIALIZED (
             ELSE h.breaker_opened_at END,
         probe_delivery_id = CASE WHEN h.probe_delivery_id = ANY ($1::bigint[]) THEN NULL
                                  ELSE h.probe_delivery_id END
-    FROM batch b, dispatcher.webhook_health was
+    FROM batch b LEFT JOIN freed f ON f.webhook_id = b.webhook_id,
+         dispatcher.webhook_health was
     WHERE h.webhook_id = ANY ($14::bigint[])
       AND h.webhook_id = b.webhook_id AND was.webhook_id = b.webhook_id
-      -- A success for a healthy webhook, the common case, writes nothing.
-      AND (b.failures > 0 OR h.consecutive_failures > 0 OR h.breaker_failures > 0
+      -- A success for a healthy webhook, the common case, writes its count alone; an outcome
+      -- refused (its lease lost) for a healthy one writes nothing.
+      AND (f.deadlines IS NOT NULL OR b.failures > 0 OR h.consecutive_failures > 0 OR h.breaker_failures > 0
            OR h.breaker_until IS NOT NULL OR h.failing_since IS NOT NULL)
     RETURNING h.webhook_id, h.consecutive_failures, h.first_failure_at, h.last_error,
               h.breaker_until, h.breaker_trips, h.failing_since,
@@ -304,13 +367,26 @@ SELECT (SELECT coalesce(array_agg(delivery_id), '{}') FROM logged) AS written,
 -- name: release_leases
 -- Hand back leased rows that were never attempted: due at once, and the attempt not counted.
 -- Planned like record_outcomes: by id whatever the join order, fenced by the token.
+-- Their slots are free again in their webhooks' counts of attempts in flight ($3: each one's
+-- lease deadline, as in record_outcomes).
 WITH r AS MATERIALIZED (
-    SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS r(id, lease_token)
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[]) AS r(id, lease_token,
+                                                                           lease_until)
+), released AS (
+    UPDATE dispatcher.deliveries_active d
+    SET run_at = now(), lease_token = NULL, attempts = d.attempts - 1
+    FROM r
+    WHERE d.id = ANY ($1::bigint[]) AND d.id = r.id AND d.lease_token = r.lease_token
+    RETURNING d.webhook_id, r.lease_until
+), freed AS (
+    -- In webhook order, as record_outcomes writes health rows.
+    SELECT x.webhook_id, array_agg(x.lease_until) AS deadlines FROM released x
+    GROUP BY x.webhook_id ORDER BY x.webhook_id
 )
-UPDATE dispatcher.deliveries_active d
-SET run_at = now(), lease_token = NULL, attempts = d.attempts - 1
-FROM r
-WHERE d.id = ANY ($1::bigint[]) AND d.id = r.id AND d.lease_token = r.lease_token;
+UPDATE dispatcher.webhook_health h
+SET in_flight = greatest(0, h.in_flight - {still_counted})
+FROM freed f
+WHERE h.webhook_id = ANY (ARRAY(SELECT webhook_id FROM freed)) AND h.webhook_id = f.webhook_id;
 
 -- name: ping
 -- The watchdog's liveness probe: a round trip through the pool and nothing more.
@@ -437,3 +513,12 @@ SELECT count(*) FILTER (WHERE h.breaker_until > now()) AS breakers_open,
        count(*) FILTER (WHERE h.consecutive_failures > 0 AND w.status = 'active') AS failing
 FROM dispatcher.webhook_health h
 JOIN dispatcher.webhooks w ON w.id = h.webhook_id;
+
+-- name: still_counted
+-- (a fragment, not a query: how many of the leases written back for webhook `h`, whose
+-- deadlines are `f.deadlines`, are still counted in h.in_flight. A lease that ended no later
+-- than the last reset of the count (slots_reset_at) was forgotten by it: its holder's write,
+-- late but not fenced out because no one took the row since, must not free a slot that a
+-- lease counted after the reset holds. A deadline not given (NULL) counts.)
+(SELECT count(*)::int FROM unnest(f.deadlines) AS t(lease_until)
+ WHERE t.lease_until IS NULL OR h.slots_reset_at IS NULL OR t.lease_until > h.slots_reset_at)

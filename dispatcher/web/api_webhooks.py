@@ -18,8 +18,10 @@ from dispatcher.manage.fields import FAILURE_FIELDS, WEBHOOK_FIELDS
 from dispatcher.manage.health import health_json, success_rate
 from dispatcher.manage.testevent import send_test
 from dispatcher.manage.validation import (
+    MAX_CONCURRENCY,
     MAX_RATE_LIMIT,
     ValidationError,
+    check_max_concurrency,
     check_rate_limit,
     check_retry_policy,
 )
@@ -45,6 +47,7 @@ CREATE_FIELDS = (
     "allow_unknown",
     "rate_limit",
     "retry_policy",
+    "max_concurrency",
 )
 PATCH_FIELDS = (
     "service_name",
@@ -52,6 +55,7 @@ PATCH_FIELDS = (
     "description",
     "rate_limit",
     "retry_policy",
+    "max_concurrency",
     "event_types",
     "add_event_types",
     "remove_event_types",
@@ -86,6 +90,25 @@ def rate_limit_field(body: Body) -> float | admin.Keep | None:
             "rate_limit",
             "rate_limit must be a number of requests per second greater than 0 and at most"
             f" {MAX_RATE_LIMIT:g}, or null for no limit; got {shown}",
+        ) from None
+
+
+def max_concurrency_field(body: Body) -> int | admin.Keep | None:
+    """Read `max_concurrency`: absent keeps it, null clears it (the daemon's setting)."""
+    if "max_concurrency" not in body:
+        return admin.KEEP
+    value = body.fields["max_concurrency"]
+    if value is None:
+        return None
+    try:
+        # A JSON string is not a number, even one that reads as one.
+        return check_max_concurrency(None if isinstance(value, str) else value)
+    except ValidationError:
+        shown = json.dumps(value) if isinstance(value, str) else str(value)
+        raise field_problem(
+            "max_concurrency",
+            "max_concurrency must be a whole number of attempts in flight from 1 to"
+            f" {MAX_CONCURRENCY}, or null for the daemon's per_endpoint_concurrency; got {shown}",
         ) from None
 
 
@@ -134,6 +157,7 @@ async def create_webhook(request: web.Request) -> web.Response:
         raise field_problem("event_types", "the field 'event_types' is required")
     allow_unknown = body.boolean("allow_unknown")
     limit, policy = rate_limit_field(body), retry_policy_field(body)
+    cap = max_concurrency_field(body)
     async with request.app[POOL].acquire() as conn:
         with catalog_hint("event_types"):
             row = await admin.create_webhook(
@@ -145,6 +169,7 @@ async def create_webhook(request: web.Request) -> web.Response:
                 allow_unknown=allow_unknown,
                 rate_limit=None if limit is admin.KEEP else limit,
                 retry_policy=None if policy is admin.KEEP else policy,
+                max_concurrency=None if cap is admin.KEEP else cap,
             )
     location = f"{V1}/webhooks/{row['id']}"
     return respond(await saved_webhook_json(request, row), 201, headers={"Location": location})
@@ -190,14 +215,15 @@ async def patch_webhook(request: web.Request) -> web.Response:
     remove = body.string_list("remove_event_types")
     allow_unknown = body.boolean("allow_unknown")
     limit, policy = rate_limit_field(body), retry_policy_field(body)
+    cap = max_concurrency_field(body)
     edits = (name, url, description)
     type_changes = (replace, add, remove)
-    flow_changes = limit is not admin.KEEP or policy is not admin.KEEP
+    flow_changes = any(f is not admin.KEEP for f in (limit, policy, cap))
     if all(v is None for v in (*edits, *type_changes)) and not flow_changes:
         raise Problem(
             422,
             "nothing to change: give service_name, url, description, rate_limit, retry_policy,"
-            " event_types, add_event_types or remove_event_types",
+            " max_concurrency, event_types, add_event_types or remove_event_types",
         )
     async with request.app[POOL].acquire() as conn, conn.transaction():
         if any(v is not None for v in edits) or flow_changes:
@@ -209,6 +235,7 @@ async def patch_webhook(request: web.Request) -> web.Response:
                 description=description,
                 rate_limit=limit,
                 retry_policy=policy,
+                max_concurrency=cap,
             )
         if any(v is not None for v in type_changes):
             field = "event_types" if replace is not None else "add_event_types"

@@ -25,6 +25,7 @@ from dispatcher.web.console_render import (
 from dispatcher.web.console_webhooks import (
     chosen_types,
     failed_form,
+    form_max_concurrency,
     form_rate_limit,
     form_retry_policy,
     render_details,
@@ -65,11 +66,13 @@ async def change_status(request: web.Request) -> web.StreamResponse:
 
 @console_page
 async def edit_webhook(request: web.Request) -> web.StreamResponse:
-    """Save the name, URL, description, rate limit and retry policy from the Edit dialog."""
+    """Save the name, URL, description, rate limit, retry policy and max concurrency from the
+    Edit dialog."""
     webhook_id = int_id(request)
     form = await form_of(request)
     try:
         limit, policy = form_rate_limit(form), form_retry_policy(form)
+        cap = form_max_concurrency(form)
         async with pool(request).acquire() as conn:
             row = await admin.edit_webhook(
                 conn,
@@ -79,6 +82,7 @@ async def edit_webhook(request: web.Request) -> web.StreamResponse:
                 description=(form.get("description") or "").strip(),
                 rate_limit=limit,
                 retry_policy=policy,
+                max_concurrency=cap,
             )
     except ValidationError as exc:
         return await render_details(

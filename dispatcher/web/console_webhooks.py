@@ -17,7 +17,12 @@ from dispatcher.manage import admin, history, insights
 from dispatcher.manage.health import breaker_state, health_of
 from dispatcher.manage.insights import OutcomeHistory
 from dispatcher.manage.testevent import TestResult
-from dispatcher.manage.validation import ValidationError, check_rate_limit, check_retry_policy
+from dispatcher.manage.validation import (
+    ValidationError,
+    check_max_concurrency,
+    check_rate_limit,
+    check_retry_policy,
+)
 from dispatcher.web.console_charts import hourly_chart
 from dispatcher.web.console_render import (
     NOTICE_COOKIE,
@@ -59,6 +64,14 @@ def form_rate_limit(form: Mapping[str, str]) -> float | admin.Keep | None:
     return check_rate_limit(text, "the rate limit") if text else None
 
 
+def form_max_concurrency(form: Mapping[str, str]) -> int | admin.Keep | None:
+    """The form's concurrency cap: blank for the default; a form without the field keeps it."""
+    if "max_concurrency" not in form:
+        return admin.KEEP
+    text = form["max_concurrency"].strip()
+    return check_max_concurrency(text, "the max concurrency") if text else None
+
+
 def form_retry_policy(form: Mapping[str, str]) -> str | admin.Keep | None:
     """The form's retry policy: "default" (or blank) for the daemon's; absent keeps it."""
     if "retry_policy" not in form:
@@ -86,6 +99,7 @@ def field_of(message: str) -> str:
     lowered = message.lower()
     for needle, field in (
         ("rate limit", "rate_limit"),
+        ("max concurrency", "max_concurrency"),
         ("retry policy", "retry_policy"),
         ("url", "url"),
         ("service name", "service_name"),
@@ -159,6 +173,7 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
     async with pool(request).acquire() as conn:
         try:
             limit, policy = form_rate_limit(form), form_retry_policy(form)
+            cap = form_max_concurrency(form)
             row = await admin.create_webhook(
                 conn,
                 form.get("service_name", ""),
@@ -168,6 +183,7 @@ async def create_webhook(request: web.Request) -> web.StreamResponse:
                 allow_unknown=form.get("allow_unknown") == "on",
                 rate_limit=None if limit is admin.KEEP else limit,
                 retry_policy=None if policy is admin.KEEP else policy,
+                max_concurrency=None if cap is admin.KEEP else cap,
             )
         except ValidationError as exc:
             values = {**form, "checked": checked}

@@ -60,6 +60,11 @@ RATE_LIMIT: Schema = {
     "oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 100000}, {"type": "null"}],
     "description": "Requests per second at most; null: no limit.",
 }
+MAX_CONCURRENCY: Schema = {
+    "oneOf": [{"type": "integer", "minimum": 1, "maximum": 1000}, {"type": "null"}],
+    "description": "Attempts in flight at once over all instances; null: the daemon's"
+    " per_endpoint_concurrency.",
+}
 RETRY_POLICY: Schema = {
     "oneOf": [{"enum": ["schedule", "exponential"]}, {"type": "null"}],
     "description": "schedule (retry_schedule) or exponential (full jitter); null: the daemon's"
@@ -105,6 +110,7 @@ WEBHOOK: dict[str, Schema] = {
     "created_at": TIME,
     "updated_at": TIME,
     "rate_limit": RATE_LIMIT,
+    "max_concurrency": MAX_CONCURRENCY,
     "retry_policy": RETRY_POLICY,
     "disabled_reason": {
         "oneOf": [{"enum": ["manual", "gone", "failing"]}, {"type": "null"}],
@@ -188,6 +194,7 @@ SCHEMAS: dict[str, Schema] = {
             "allow_unknown": BOOLEAN,
             "rate_limit": RATE_LIMIT,
             "retry_policy": RETRY_POLICY,
+            "max_concurrency": MAX_CONCURRENCY,
         },
     ),
     "WebhookChanges": {
@@ -199,6 +206,10 @@ SCHEMAS: dict[str, Schema] = {
                 "description": STRING,
                 "rate_limit": {**RATE_LIMIT, "description": "Requests per second; null clears."},
                 "retry_policy": {**RETRY_POLICY, "description": "null: the daemon's default."},
+                "max_concurrency": {
+                    **MAX_CONCURRENCY,
+                    "description": "Attempts in flight over all instances; null: the default.",
+                },
                 "event_types": {**EVENT_TYPES, "description": "Replace the whole list."},
                 "add_event_types": EVENT_TYPES,
                 "remove_event_types": EVENT_TYPES,
