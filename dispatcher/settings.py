@@ -72,7 +72,7 @@ class Settings:
     web_secure_cookie: bool = False
     retention_s: float = 7 * 86400.0
     # The span of one history partition: finished rows live retention_s to retention_s + this.
-    retention_partition_s: float = 86400.0
+    retention_partition_s: float = 0.0  # 0: retention_s / 7, whole minutes, 60 s to a day
     retention_interval_s: float = 60.0
     retention_batch_size: int = 1000
     apply_migrations: bool = True
@@ -83,6 +83,15 @@ class Settings:
     @property
     def retry_delays(self) -> tuple[timedelta, ...]:
         return tuple(timedelta(seconds=s) for s in self.retry_schedule)
+
+    @property
+    def partition_s(self) -> float:
+        """The span of one history partition: retention_partition_s, or by default a seventh of
+        retention_s (a day for the default week) in whole minutes, so history is kept at most
+        a seventh longer than retention_s whatever retention_s is."""
+        if self.retention_partition_s:
+            return self.retention_partition_s
+        return float(min(_DAY, max(60, int(self.retention_s / 7 // 60) * 60)))
 
     @property
     def lease_duration(self) -> timedelta:
@@ -291,20 +300,20 @@ def _validate(s: Settings) -> None:
         "must be between 1024 and 67108864",
     )
     need(
-        60 <= s.retention_partition_s <= _DAY,
+        s.retention_partition_s == 0 or 60 <= s.retention_partition_s <= _DAY,
         "retention_partition_s",
-        "must be between 60 and 86400",
+        "must be 0 (a seventh of retention_s) or between 60 and 86400",
     )
     need(
-        s.retention_s >= max(60, s.retention_partition_s),
+        s.retention_s >= max(60, s.partition_s),
         "retention_s",
-        f"must be at least 60 and at least retention_partition_s ({s.retention_partition_s:g});"
+        f"must be at least 60 and at least retention_partition_s ({s.partition_s:g});"
         " for a shorter retention, set retention_partition_s as short",
     )
     # Every query of the whole history visits each partition: a week of one-minute partitions
     # (10,080) would make the delivery log and the event sweep crawl.
     need(
-        s.retention_s <= _MAX_HISTORY_PARTITIONS * s.retention_partition_s,
+        s.retention_s <= _MAX_HISTORY_PARTITIONS * s.partition_s,
         "retention_partition_s",
         f"must be at least retention_s / {_MAX_HISTORY_PARTITIONS}"
         f" ({s.retention_s / _MAX_HISTORY_PARTITIONS:g}): at most"

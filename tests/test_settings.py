@@ -308,7 +308,11 @@ def test_bool_from_override(value: bool, expected: bool) -> None:
         ({"DISPATCHER_RETENTION_PARTITION_S": "59"}, "retention_partition_s"),
         ({"DISPATCHER_RETENTION_PARTITION_S": "86401"}, "retention_partition_s"),
         ({"DISPATCHER_RETENTION_S": "59", "DISPATCHER_RETENTION_PARTITION_S": "60"}, "retention_s"),
-        ({"DISPATCHER_RETENTION_S": "3600"}, "retention_s"),  # shorter than a day's partition
+        # Shorter than the partition asked for.
+        (
+            {"DISPATCHER_RETENTION_S": "3600", "DISPATCHER_RETENTION_PARTITION_S": "7200"},
+            "retention_s",
+        ),
         # A week of one-minute partitions: 10,080 of them.
         ({"DISPATCHER_RETENTION_PARTITION_S": "60"}, "retention_partition_s"),
     ],
@@ -399,6 +403,24 @@ def test_malformed_toml(tmp_path: Path) -> None:
         load_settings(path, env={})
 
     assert str(info.value).startswith(f"config file {path} is not valid TOML: ")
+
+
+@pytest.mark.parametrize(
+    ("retention_s", "partition_s"),
+    [
+        ("604800", 86400.0),  # the default week: a day
+        ("3600", 480.0),  # an hour: 514 s, in whole minutes
+        ("120", 60.0),  # never below a minute
+        ("31536000", 86400.0),  # a year: never above a day
+    ],
+)
+def test_the_default_partition_is_a_seventh_of_retention(
+    retention_s: str, partition_s: float
+) -> None:
+    """A config that sets only retention_s (valid before history was partitioned) still loads."""
+    settings = load_settings(env={"DISPATCHER_RETENTION_S": retention_s})
+
+    assert (settings.retention_partition_s, settings.partition_s) == (0.0, partition_s)
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,7 @@ def partition_name(table: str, lower: datetime) -> str:
 
 def ahead_s(settings: Settings) -> float:
     """How far past now partitions must reach after a pass: the next pass comes well before."""
-    return max(2 * settings.retention_partition_s, 2 * settings.retention_interval_s)
+    return max(2 * settings.partition_s, 2 * settings.retention_interval_s)
 
 
 async def _partitions(
@@ -148,9 +148,7 @@ async def _step(
             return False
         await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         partitions, now = await _partitions(conn, table)
-        todo = ranges_to_create(
-            frontier(partitions), now, settings.retention_partition_s, ahead_s(settings)
-        )
+        todo = ranges_to_create(frontier(partitions), now, settings.partition_s, ahead_s(settings))
         if todo:
             lower, upper = todo[0]
             name = partition_name(table.name, lower)
