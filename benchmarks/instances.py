@@ -360,7 +360,8 @@ def text(result: dict[str, Any], elapsed_s: float) -> str:
         f" load average 1/5/15 min before {_load(m['loadavg_before'])},"
         f" after {_load(m['loadavg_after'])}",
         f"postgres  {pg['server_version']} ({where}), shared_buffers={pg['shared_buffers']}"
-        f" fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']}",
+        f" fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']}"
+        f" autovacuum={pg.get('autovacuum', '?')}",
         "daemon    " + report.daemon_codes(codes),
         f"workload  a burst of {w['events']:,} events over {w['webhooks']} webhooks (fan-out 1)"
         f" after the instances idled {w['idle_s']:g} s; one receiver process on 127.0.0.1;"

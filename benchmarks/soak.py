@@ -600,7 +600,8 @@ def text(result: dict[str, Any], json_path: Path, elapsed_s: float) -> str:
         f" load average 1/5/15 min before {_load(m['loadavg_before'])},"
         f" after {_load(m['loadavg_after'])}",
         f"postgres  {pg['server_version']} ({where}), shared_buffers={pg['shared_buffers']}"
-        f" fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']}",
+        f" fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']}"
+        f" autovacuum={pg.get('autovacuum', '?')}",
         f"daemon    {result['daemon_code']}; one instance",
         "settings  " + " ".join(f"{k}={'-' if v is None else v}" for k, v in s.items()),
         *(f"NOTE      {note}" for note in result["notes"]),

@@ -78,7 +78,7 @@ async def fresh_database(admin_dsn: str, name: str) -> AsyncIterator[asyncpg.Poo
 async def server_info(admin_dsn: str) -> dict[str, Any]:
     conn = await asyncpg.connect(admin_dsn)
     try:
-        names = ("server_version", "shared_buffers", "fsync", "synchronous_commit")
+        names = ("server_version", "shared_buffers", "fsync", "synchronous_commit", "autovacuum")
         values: dict[str, Any] = {n: await conn.fetchval(f"SHOW {n}") for n in names}
     finally:
         await conn.close()
