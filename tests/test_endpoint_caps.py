@@ -24,7 +24,7 @@ from aiohttp import web
 from dispatcher import store
 from dispatcher.manage import admin
 from dispatcher.ops import migrate
-from dispatcher.store import HealthRules, LeasedDelivery, OutcomeRow
+from dispatcher.store import HealthRules, LeasedDelivery
 from tests.conftest import (
     Receiver,
     _drop,
@@ -36,6 +36,7 @@ from tests.conftest import (
     publish,
     with_database,
 )
+from tests.test_leases import succeeded
 
 INSTANCES = 4
 EVENTS = 200
@@ -128,27 +129,6 @@ async def test_four_instances_never_exceed_a_webhooks_cap_together(
 
 
 # --- the counter, statement by statement ---------------------------------------------------
-
-
-def succeeded(delivery: LeasedDelivery) -> OutcomeRow:
-    return OutcomeRow(
-        delivery_id=delivery.id,
-        lease_token=delivery.lease_token,
-        status="succeeded",
-        retry_in_s=0.0,
-        attempt=delivery.attempt,
-        started_at=datetime.now(UTC),
-        duration_ms=5,
-        response_status=200,
-        response_body="",
-        response_truncated=False,
-        error_kind=None,
-        error_message=None,
-        webhook_id=delivery.webhook_id,
-        retry_reason=None,
-        breaker=False,
-        lease_until=delivery.lease_until,
-    )
 
 
 async def write(db: asyncpg.Pool, *leased: LeasedDelivery) -> int:

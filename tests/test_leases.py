@@ -29,6 +29,7 @@ def succeeded(delivery: store.LeasedDelivery) -> OutcomeRow:
         webhook_id=delivery.webhook_id,
         retry_reason=None,
         breaker=False,
+        lease_until=delivery.lease_until,
     )
 
 
