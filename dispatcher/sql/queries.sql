@@ -224,10 +224,10 @@ WITH o AS MATERIALIZED (
     SELECT *
     FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],
                 $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::bool[],
-                $11::text[], $12::text[], $13::text[])
+                $11::text[], $12::text[], $13::text[], $29::timestamptz[])
       AS o(delivery_id, lease_token, status, retry_in_s, attempt,
            started_at, duration_ms, response_status, response_body, response_truncated,
-           error_kind, error_message, retry_reason)
+           error_kind, error_message, retry_reason, lease_until)
 ), retried AS (
     -- A retry stays in deliveries_active, due again at its new run_at.
     UPDATE dispatcher.deliveries_active d
@@ -270,15 +270,13 @@ WITH o AS MATERIALIZED (
     UNION ALL
     SELECT f.webhook_id, f.delivery_id, f.lease_token, f.status, f.retry_in_s, f.attempt,
            f.started_at, f.duration_ms, f.response_status, f.response_body,
-           f.response_truncated, f.error_kind, f.error_message, f.retry_reason
+           f.response_truncated, f.error_kind, f.error_message, f.retry_reason, f.lease_until
     FROM finished f
 ), freed AS (
     -- Per webhook, the deadlines of the leases written back here (fenced by their token, so
     -- none was subtracted before); `health` subtracts those still counted.
-    SELECT u.webhook_id, array_agg(l.lease_until) AS deadlines
+    SELECT u.webhook_id, array_agg(u.lease_until) AS deadlines
     FROM updated u
-    JOIN unnest($1::bigint[], $29::timestamptz[]) AS l(delivery_id, lease_until)
-      ON l.delivery_id = u.delivery_id
     GROUP BY u.webhook_id
 ), logged AS (
     INSERT INTO dispatcher.attempts (delivery_id, attempt, started_at, duration_ms,
@@ -342,8 +340,9 @@ WITH o AS MATERIALIZED (
       AND h.webhook_id = b.webhook_id AND was.webhook_id = b.webhook_id
       -- A success for a healthy webhook, the common case, writes its count alone; an outcome
       -- refused (its lease lost) for a healthy one writes nothing.
-      AND (f.deadlines IS NOT NULL OR b.failures > 0 OR h.consecutive_failures > 0 OR h.breaker_failures > 0
-           OR h.breaker_until IS NOT NULL OR h.failing_since IS NOT NULL)
+      AND (f.deadlines IS NOT NULL OR b.failures > 0 OR h.consecutive_failures > 0
+           OR h.breaker_failures > 0 OR h.breaker_until IS NOT NULL
+           OR h.failing_since IS NOT NULL)
     RETURNING h.webhook_id, h.consecutive_failures, h.first_failure_at, h.last_error,
               h.breaker_until, h.breaker_trips, h.failing_since,
               was.breaker_until AS was_breaker_until, was.breaker_trips AS was_breaker_trips
