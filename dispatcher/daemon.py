@@ -109,7 +109,7 @@ async def _run(
 ) -> None:
     leaser: Leaser | None = None
 
-    def written() -> None:
+    def retry_due() -> None:
         if leaser is not None:
             leaser.wake()
 
@@ -118,7 +118,7 @@ async def _run(
     # statement, and neither waits behind the other or behind retention.
     lease_conn = store.DedicatedConnection(dsn, "lease")
     outcome_conn = store.DedicatedConnection(dsn, "outcomes")
-    writer = OutcomeWriter(settings, outcome_conn, on_written=written, metrics=metrics)
+    writer = OutcomeWriter(settings, outcome_conn, on_retry_due=retry_due, metrics=metrics)
     leaser = Leaser(settings, lease_conn, Sender(settings, session), writer, metrics=metrics)
     listener = Listener(dsn, on_notify=leaser.wake, metrics=metrics)
     # Before any task starts: a metrics address that cannot be bound fails start-up cleanly.

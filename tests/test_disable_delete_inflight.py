@@ -254,7 +254,7 @@ async def test_a_flush_cancelled_at_shutdown_does_not_write_its_batch_twice(
 
     monkeypatch.setattr(store, "write_outcomes", commit_then_slow_reply)
     conn = store.DedicatedConnection(dsn, "outcomes")
-    writer = OutcomeWriter(settings(), conn, on_written=lambda: None)
+    writer = OutcomeWriter(settings(), conn, on_retry_due=lambda: None)
     flusher = asyncio.create_task(writer.run(), name="outcome-writer")
     writer.add(
         leased,

@@ -426,7 +426,7 @@ async def test_outcomes_written_after_the_lease_was_lost_count_as_rejected(
     )
     m = Metrics()
     conn = store.DedicatedConnection(dsn, "outcomes")
-    writer = OutcomeWriter(fast_settings(), conn, on_written=lambda: None, metrics=m)
+    writer = OutcomeWriter(fast_settings(), conn, on_retry_due=lambda: None, metrics=m)
     for d in leased:
         writer.add(
             d,

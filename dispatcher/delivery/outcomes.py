@@ -36,7 +36,7 @@ class OutcomeWriter:
         self,
         settings: Settings,
         conn: DedicatedConnection,
-        on_written: Callable[[], None],
+        on_retry_due: Callable[[], None],
         metrics: Metrics | None = None,
     ) -> None:
         self._conn = conn
@@ -46,7 +46,7 @@ class OutcomeWriter:
         self._health = HealthKeeper(self._rules, settings.gone_disables_webhook, metrics)
         self._interval = settings.flush_interval_s
         self._max = settings.flush_max_outcomes
-        self._on_written = on_written
+        self._on_retry_due = on_retry_due
         self._buffer: list[OutcomeRow] = []
         # What the metrics need beyond the row, kept in step with _buffer (empty without metrics).
         self._tags: list[OutcomeTag] = []
@@ -128,11 +128,8 @@ class OutcomeWriter:
                     self.rejected += len(rejected)
                     log.warning("stale_outcomes_rejected", count=len(rejected))
                 self.flushes += 1
-                # Rows written free their slots in their webhooks' counts of attempts in flight
-                # over all instances, and a retry may be due already: the lease looks again now,
-                # not when its recheck of a capped webhook or its poll comes round.
-                if written:
-                    self._on_written()
+                if any(r.status == "pending" for r in batch):
+                    self._on_retry_due()
                 if self._metrics is not None:
                     self._metrics.database_ok()
                     self._metrics.outcomes_written(batch, tags, rejected=rejected)
