@@ -178,7 +178,9 @@ async def _run(
         await asyncio.gather(*side, return_exceptions=True)
         try:
             await writer.flush()
-        except store.TRANSIENT_DB_ERRORS as exc:
+        # Any database error: one that killed the outcome writer fails this flush too, and
+        # must not cut the rest of the shutdown short or hide which task died.
+        except (*store.TRANSIENT_DB_ERRORS, asyncpg.PostgresError) as exc:
             metrics.database_error("record_outcomes")
             log.error(
                 "outcome_flush_failed",

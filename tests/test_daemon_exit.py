@@ -103,6 +103,22 @@ DEATHS = {
         "leaser",
         "InsufficientPrivilegeError: permission denied for table deliveries_active",
     ),
+    # The same, with an attempt in flight: the shutdown cannot hand its lease back either.
+    "leaser-in-flight": Death(
+        "UPDATE ON dispatcher.deliveries_active",
+        "leaser",
+        "InsufficientPrivilegeError: permission denied for table deliveries_active",
+        holding=True,
+        logged=("lease_release_failed",),
+    ),
+    # The outcome writer: it appends an attempt record for each outcome; the final flush at
+    # shutdown fails the same way.
+    "outcome-writer": Death(
+        "INSERT ON dispatcher.attempts",
+        "outcome-writer",
+        "InsufficientPrivilegeError: permission denied for table attempts",
+        logged=("outcome_flush_failed",),
+    ),
 }
 
 
