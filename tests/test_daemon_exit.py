@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -48,8 +49,8 @@ async def own_database(server_dsn: str) -> AsyncIterator[OwnDatabase]:
         await admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
     finally:
         await admin.close()
-    as_role = with_database(server_dsn, name).replace("://postgres@", f"://{role}@", 1)
-    assert role in as_role
+    parts = urlsplit(with_database(server_dsn, name))
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
     pool = await asyncpg.create_pool(with_database(server_dsn, name), min_size=1, max_size=2)
     assert pool is not None
     try:
