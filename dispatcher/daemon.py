@@ -108,6 +108,7 @@ async def _run(
     stats: RunStats,
 ) -> None:
     leaser: Leaser | None = None
+    cause = ""
 
     def retry_due() -> None:
         if leaser is not None:
@@ -162,9 +163,8 @@ async def _run(
                 # A side task never returns on its own: if it did, stop loudly, don't limp.
                 stats.failed_task = task.get_name()
                 exc = task.exception()
-                log.error(
-                    "task_died", task=task.get_name(), error=describe(exc) if exc else "returned"
-                )
+                cause = describe(exc) if exc else "returned"
+                log.error("task_died", task=task.get_name(), error=cause)
     finally:
         log.info("stopping", in_flight=leaser.in_flight)
         metrics.draining = True  # /readyz answers 503 from here on
@@ -178,7 +178,9 @@ async def _run(
         await asyncio.gather(*side, return_exceptions=True)
         try:
             await writer.flush()
-        except store.TRANSIENT_DB_ERRORS as exc:
+        # Any database error: one that killed the outcome writer fails this flush too, and
+        # must not cut the rest of the shutdown short or hide which task died.
+        except (*store.TRANSIENT_DB_ERRORS, asyncpg.PostgresError) as exc:
             metrics.database_error("record_outcomes")
             log.error(
                 "outcome_flush_failed",
@@ -195,7 +197,10 @@ async def _run(
         if http is not None:
             await http.cleanup()
     if stats.failed_task:
-        raise SystemExit(f"internal task {stats.failed_task} died; see the log above")
+        # The cause too, on one line (asyncpg adds DETAIL and HINT lines): stderr's last line
+        # is what `systemctl status` shows of a failed unit.
+        first = cause.splitlines()[0] if cause else "returned"
+        raise SystemExit(f"internal task {stats.failed_task} died ({first}); see the log above")
 
 
 def _stopping(signal_name: str) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dispatcher.errors import ConfigError
 
@@ -205,6 +206,18 @@ def _host_port(value: str) -> bool:
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
+def _proxy_url(value: str) -> bool:
+    """Tell whether requests can be sent through proxy URL `value` (else every one fails)."""
+    if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    return bool(parts.hostname) and port != 0
+
+
 def _validate(s: Settings) -> None:
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
@@ -283,9 +296,10 @@ def _validate(s: Settings) -> None:
             ) from None
     if s.egress_proxy is not None:
         need(
-            s.egress_proxy.startswith(("http://", "https://")),
+            _proxy_url(s.egress_proxy),
             "egress_proxy",
-            "must be an http:// or https:// proxy URL",
+            "must be an http:// or https:// proxy URL with a host and, if any, a port from 1 to"
+            " 65535, e.g. http://proxy.internal:3128",
         )
     if s.bind_address is not None:
         try:

@@ -25,7 +25,7 @@ from dispatcher.cli.webhook_view import (
     rate,
     webhook_json,
 )
-from dispatcher.delivery.netguard import target_warning
+from dispatcher.delivery.netguard import refusal, target_warning
 from dispatcher.errors import DispatcherError
 from dispatcher.manage import admin
 from dispatcher.manage.fields import FAILURE_FIELDS
@@ -404,11 +404,13 @@ def test(obj: Context, webhook_id: int, event_type: str | None, as_json: bool) -
         print_test(result)
     o = result.outcome
     if not o.ok:
-        answer = (
-            f"it answered {o.response_status}"
-            if o.response_status is not None
-            else f"no response: {o.error_kind}"
-        )
+        if o.response_status is not None:
+            answer = f"it answered {o.response_status}"
+        elif o.error_kind == "blocked_address":
+            # The response line above says it too, but the error line is what is read first.
+            answer = f"blocked_address: {refusal(result.url)}"
+        else:
+            answer = f"no response: {o.error_kind}"
         raise DispatcherError(f"webhook {webhook_id} did not accept the test event ({answer})")
 
 

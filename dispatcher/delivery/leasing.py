@@ -8,6 +8,7 @@ import time
 from collections import Counter, deque
 from datetime import UTC, datetime
 
+import asyncpg
 import structlog
 
 from dispatcher import store
@@ -355,7 +356,9 @@ class Leaser:
             try:
                 conn = await self._conn.get()
                 await asyncio.shield(store.release_leases(conn, abandoned))
-            except TRANSIENT_DB_ERRORS as exc:
+            # Any database error (a revoked privilege that killed the lease loop fails this
+            # too): the daemon's shutdown goes on, and the leases expire on their own.
+            except (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError) as exc:
                 if self._metrics is not None:
                     self._metrics.database_error("release_leases")
                 log.error(

@@ -189,3 +189,17 @@ async def target_warning(
         f"{host} resolves to {', '.join(blocked)}, which the daemon refuses to connect to"
         " (not a public address); add the network to allowed_networks to permit it"
     )
+
+
+def refusal(url: str) -> str:
+    """Say that the guard refused to connect to the host of `url`, and how to permit it."""
+    host = urlsplit(url).hostname or url
+    try:
+        ipaddress.ip_address(host)
+        why = "which is not a public address"
+    except ValueError:
+        why = "which resolves to an address that is not public"
+    return (
+        f"the SSRF guard refused to connect to {host}, {why};"
+        " to permit it, add its network to allowed_networks"
+    )
