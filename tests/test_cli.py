@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from dispatcher.cli import main, redact
 from dispatcher.ops import migrate
+from tests.conftest import refused_port
 
 
 @pytest.fixture
@@ -73,13 +74,14 @@ def test_unknown_option_is_a_usage_error(runner: CliRunner) -> None:
 
 
 def test_unreachable_database_is_one_line_and_exit_1(runner: CliRunner) -> None:
-    result = runner.invoke(
-        main, ["migrate", "--database-url", "postgresql://u:hunter2@127.0.0.1:1/x"]
-    )
+    with refused_port() as port:
+        result = runner.invoke(
+            main, ["migrate", "--database-url", f"postgresql://u:hunter2@127.0.0.1:{port}/x"]
+        )
     assert result.exit_code == 1
     assert result.output == (
-        "error: cannot connect to the database at 127.0.0.1:1 (database_url, set by"
-        " --database-url): Connect call failed ('127.0.0.1', 1)\n"
+        f"error: cannot connect to the database at 127.0.0.1:{port} (database_url, set by"
+        f" --database-url): Connect call failed ('127.0.0.1', {port})\n"
     )
     assert "hunter2" not in result.output
 

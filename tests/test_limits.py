@@ -25,7 +25,15 @@ from dispatcher.daemon import RunStats, serve
 from dispatcher.delivery.retry import RetryPolicy
 from dispatcher.delivery.sender import Sender, create_session
 from dispatcher.settings import Settings
-from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
+from tests.conftest import (
+    Cli,
+    Receiver,
+    add_webhook,
+    deliver_all,
+    fast_settings,
+    publish,
+    refused_port,
+)
 
 DEFAULT_CAP = 262144
 CAP_MESSAGE = "event payload is {size} bytes, over the limit of {cap} bytes (max_payload_bytes)"
@@ -543,13 +551,6 @@ async def reset_after_request(reader: asyncio.StreamReader, writer: asyncio.Stre
     writer.transport.abort()
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @contextlib.asynccontextmanager
 async def failing_target(kind: str, receiver: Receiver) -> AsyncIterator[str]:
     if kind == "connection_reset":
@@ -558,7 +559,8 @@ async def failing_target(kind: str, receiver: Receiver) -> AsyncIterator[str]:
     elif kind == "tls":
         yield receiver.url.replace("http://", "https://") + "/"
     else:
-        yield f"http://127.0.0.1:{closed_port()}/"
+        with refused_port() as port:
+            yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.mark.parametrize("kind", ["connection_reset", "tls", "connect"])

@@ -30,13 +30,6 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Scraper:
     """GET the daemon's endpoints."""
 
@@ -96,7 +89,11 @@ async def eventually(
 
 
 async def test_counts_and_histograms_match_what_was_delivered(
-    db: asyncpg.Pool, dsn: str, receiver: Receiver, http: aiohttp.ClientSession
+    db: asyncpg.Pool,
+    dsn: str,
+    receiver: Receiver,
+    http: aiohttp.ClientSession,
+    server_port: int,
 ) -> None:
     async def ok_or_500(request: web.Request, rec: Receiver) -> web.Response:
         return web.Response(status=500 if request.path == "/fail" else 200)
@@ -108,7 +105,7 @@ async def test_counts_and_histograms_match_what_was_delivered(
         await publish(db, "a.x")
     for _ in range(3):
         await publish(db, "b.x")
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{server_port}"
     # Two retries: each failing delivery is 3 attempts, 2 of them ending in a retry.
     settings = fast_settings(metrics_listen=listen, retry_schedule=(0, 0))
     scraper = Scraper(http, listen)
@@ -158,6 +155,7 @@ async def test_readyz_is_503_while_draining_and_queue_gauges_follow_the_table(
     receiver: Receiver,
     http: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
+    server_port: int,
 ) -> None:
     monkeypatch.setattr(metrics_module, "QUEUE_REFRESH_S", 0.05)
     release = asyncio.Event()
@@ -170,7 +168,7 @@ async def test_readyz_is_503_while_draining_and_queue_gauges_follow_the_table(
     receiver.handler = hold
     await add_webhook(db, receiver.url, ["t.x"])
     await publish(db, "t.x")
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{server_port}"
     settings = fast_settings(
         metrics_listen=listen, per_endpoint_concurrency=1, shutdown_grace_s=15.0
     )
@@ -311,10 +309,10 @@ async def proxy_for(dsn: str) -> tuple[TcpProxy, str]:
 
 
 async def test_readyz_is_503_while_the_database_is_unreachable_and_recovers(
-    dsn: str, http: aiohttp.ClientSession
+    dsn: str, http: aiohttp.ClientSession, server_port: int
 ) -> None:
     proxy, proxied = await proxy_for(dsn)
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{server_port}"
     scraper = Scraper(http, listen)
     try:
         async with running(fast_settings(metrics_listen=listen), proxied):
