@@ -229,21 +229,37 @@ async def test_readyz_is_503_while_draining_and_queue_gauges_follow_the_table(
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:port to PostgreSQL; close() makes the database unreachable."""
+    """Forward 127.0.0.1:port to PostgreSQL; close() makes the database unreachable.
+
+    Closed, the port stays bound but not listening (connections are refused) until open()
+    listens on it again, so nothing else can take it in between: the listening socket and the
+    one that holds the port share it with SO_REUSEPORT, which only this user's sockets that set
+    it too can join.
+    """
 
     def __init__(self, connect: Connect) -> None:
         self._connect = connect
         self._server: asyncio.Server | None = None
+        self._held: socket.socket | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_port=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     async def close(self) -> None:
         assert self._server is not None
+        if self._held is None:
+            self._held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self._held.bind(("127.0.0.1", self.port))
         self._server.close()
         for writer in self._writers:
             writer.transport.abort()
@@ -268,6 +284,12 @@ class TcpProxy:
         for w in (writer, up_writer):
             w.transport.abort()
             self._writers.discard(w)
+
+    def release(self) -> None:
+        """Let go of the port after the last close()."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -340,6 +362,7 @@ async def test_readyz_is_503_while_the_database_is_unreachable_and_recovers(
             await eventually(ready, within_s=10, what="/readyz 200 once the database is back")
     finally:
         await proxy.close()
+        proxy.release()
 
 
 async def test_readiness_asks_the_database_only_without_a_recent_round_trip() -> None:
