@@ -127,12 +127,12 @@ def server_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def template_db(server_dsn: str) -> Iterator[str]:
     """A database migrated once per session; tests copy it with CREATE DATABASE ... TEMPLATE."""
-    name = f"dispatcher_tpl_{os.getpid()}"
+    # Unique per run, not per process id: runs in containers sharing one server share pids.
+    name = f"dispatcher_tpl_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:
         admin = await asyncpg.connect(server_dsn)
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
             await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
@@ -162,6 +162,19 @@ async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    yield with_database(server_dsn, name)
+    await _drop(server_dsn, name)
+
+
+@pytest.fixture
+async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """A new database with no schema at all, named for this test alone and dropped after."""
+    name = f"dispatcher_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     yield with_database(server_dsn, name)

@@ -19,23 +19,8 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-def test_migrate_applies_then_reports_up_to_date(runner: CliRunner, server_dsn: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    from tests.conftest import with_database
-
-    name = "dispatcher_cli_migrate_test"
-
-    async def recreate() -> None:
-        admin = await asyncpg.connect(server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.close()
-
-    asyncio.run(recreate())
-    url = with_database(server_dsn, name)
+def test_migrate_applies_then_reports_up_to_date(runner: CliRunner, empty_dsn: str) -> None:
+    url = empty_dsn
     first = runner.invoke(main, ["migrate", "--database-url", url])
     expected = "".join(f"applied {m.version:03d}_{m.name}\n" for m in migrate.migrations())
     assert first.output.startswith("applied 001_core\n")
