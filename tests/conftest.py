@@ -4,8 +4,10 @@ local HTTP receivers."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -37,6 +39,57 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) ->
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """Hold a loopback TCP port that refuses every connection until the block ends.
+
+    The socket is bound and never listens: Linux answers a connect to it with RST
+    (ECONNREFUSED), and no one else can bind the port while it is held. A port closed and then
+    handed on could be taken by anything in between.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port: int = held.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            refused = probe.connect_ex(("127.0.0.1", port))
+        assert refused == errno.ECONNREFUSED, (
+            f"a connect to held port {port} gave {errno.errorcode.get(refused, refused)}"
+        )
+        yield port
+
+
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """Hold a free loopback TCP port for a server the test starts on it, until the block ends.
+
+    The socket is bound with SO_REUSEADDR and never listens. A server that also sets
+    SO_REUSEADDR (asyncio's and so aiohttp's default on Linux, which every server here uses) can
+    bind and listen on the port while it is held; once one listens, no one else can bind it.
+    Before then, bind(0) and outgoing connections never pick a bound port, so only a process
+    that binds this very number with SO_REUSEADDR could race for it. A probe socket closed
+    and its number passed on leaves the port to anything until the server binds it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        port: int = held.getsockname()[1]
+        yield port
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (see refused_port)."""
+    with refused_port() as port:
+        yield port
+
+
+@pytest.fixture
+def server_port() -> Iterator[int]:
+    """A loopback port held for a server this test starts on it (see reserved_port)."""
+    with reserved_port() as port:
+        yield port
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -74,12 +127,12 @@ def server_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def template_db(server_dsn: str) -> Iterator[str]:
     """A database migrated once per session; tests copy it with CREATE DATABASE ... TEMPLATE."""
-    name = f"dispatcher_tpl_{os.getpid()}"
+    # Unique per run, not per process id: runs in containers sharing one server share pids.
+    name = f"dispatcher_tpl_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:
         admin = await asyncpg.connect(server_dsn)
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
             await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
@@ -109,6 +162,19 @@ async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    yield with_database(server_dsn, name)
+    await _drop(server_dsn, name)
+
+
+@pytest.fixture
+async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """A new database with no schema at all, named for this test alone and dropped after."""
+    name = f"dispatcher_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     yield with_database(server_dsn, name)

@@ -18,11 +18,10 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,20 +84,6 @@ def normalize(text: str) -> str:
     return "\n".join(" ".join(line.split()) for line in text.strip().splitlines())
 
 
-def _free_port(preferred: str, taken: Iterable[str]) -> str:
-    """The README's own port if it is free, else a free one of the same width (columns)."""
-    for port in [int(preferred), *range(9100, 9999)]:
-        if str(port) in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return str(port)
-    raise RuntimeError("no free port between 9100 and 9999")
-
-
 class Session:
     """The processes the README's examples ran against, in a directory of their own."""
 
@@ -111,8 +96,6 @@ class Session:
         self.env["COLUMNS"] = "200"
         # The README says 9000 and 9001; if taken, this run uses others and maps them back.
         self.ports: dict[str, str] = {}
-        for readme in PORTS:
-            self.ports[readme] = _free_port(readme, self.ports.values())
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dsn = ""
 
@@ -121,10 +104,30 @@ class Session:
         wait_until(lambda: "daemon_started" in daemon_log.read_text(), "the daemon")
         self.dsn = re.findall(r"^database: (\S+)", daemon_log.read_text(), re.M)[0]
         for readme_port, status in zip(PORTS, ("200", "503"), strict=True):
-            port = self.ports[readme_port]
+            self.ports[readme_port] = self._start_receiver(readme_port, status)
+
+    def _start_receiver(self, readme_port: str, status: str) -> str:
+        """Start `dispatcher listen` on the README's port, or if that is taken on the first free
+        one of the same width (columns); return the port. Each try is the receiver binding the
+        port itself, so no port is found free and then taken by another process before it binds.
+        """
+        for port in [readme_port, *map(str, range(9100, 10000))]:
+            if port in self.ports.values():
+                continue
             argv = ["dispatcher", "listen", "--port", port, "--status", status]
-            log = self._spawn(f"listen-{readme_port}", argv)
-            wait_until(lambda log=log: "listening on" in log.read_text(), "a receiver")
+            log = self._spawn(f"listen-{port}", argv)
+            proc = self.procs[-1]
+            wait_until(
+                lambda log=log, proc=proc: (
+                    "listening on" in log.read_text() or proc.poll() is not None
+                ),
+                "a receiver to listen or exit",
+            )
+            if "listening on" in log.read_text():
+                return port
+            assert "address already in use" in log.read_text(), log.read_text()
+            self.procs.remove(proc)  # it exited: nothing to stop
+        raise RuntimeError("no free port between 9100 and 9999")
 
     def run(self, command: str) -> str:
         """Run one README command once nothing is pending; return its output as shown."""

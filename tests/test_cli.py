@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from dispatcher.cli import main, redact
 from dispatcher.ops import migrate
+from tests.conftest import refused_port
 
 
 @pytest.fixture
@@ -18,23 +19,8 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-def test_migrate_applies_then_reports_up_to_date(runner: CliRunner, server_dsn: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    from tests.conftest import with_database
-
-    name = "dispatcher_cli_migrate_test"
-
-    async def recreate() -> None:
-        admin = await asyncpg.connect(server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.close()
-
-    asyncio.run(recreate())
-    url = with_database(server_dsn, name)
+def test_migrate_applies_then_reports_up_to_date(runner: CliRunner, empty_dsn: str) -> None:
+    url = empty_dsn
     first = runner.invoke(main, ["migrate", "--database-url", url])
     expected = "".join(f"applied {m.version:03d}_{m.name}\n" for m in migrate.migrations())
     assert first.output.startswith("applied 001_core\n")
@@ -73,13 +59,14 @@ def test_unknown_option_is_a_usage_error(runner: CliRunner) -> None:
 
 
 def test_unreachable_database_is_one_line_and_exit_1(runner: CliRunner) -> None:
-    result = runner.invoke(
-        main, ["migrate", "--database-url", "postgresql://u:hunter2@127.0.0.1:1/x"]
-    )
+    with refused_port() as port:
+        result = runner.invoke(
+            main, ["migrate", "--database-url", f"postgresql://u:hunter2@127.0.0.1:{port}/x"]
+        )
     assert result.exit_code == 1
     assert result.output == (
-        "error: cannot connect to the database at 127.0.0.1:1 (database_url, set by"
-        " --database-url): Connect call failed ('127.0.0.1', 1)\n"
+        f"error: cannot connect to the database at 127.0.0.1:{port} (database_url, set by"
+        f" --database-url): Connect call failed ('127.0.0.1', {port})\n"
     )
     assert "hunter2" not in result.output
 

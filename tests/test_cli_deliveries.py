@@ -11,8 +11,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiohttp import web
 
+from dispatcher.cli.output import ago
 from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
 
 DELIVERY_FIELDS = [
@@ -720,7 +722,15 @@ async def test_bulk_resend_limited_to_one_webhook_and_window(
 # --- stats ------------------------------------------------------------------------------
 
 
-async def queue_in_known_states(db: asyncpg.Pool) -> tuple[int, int, int]:
+@dataclass
+class Queue:
+    alpha: int
+    beta: int
+    gamma: int
+    oldest_due_at: datetime  # the run_at of the delivery due longest
+
+
+async def queue_in_known_states(db: asyncpg.Pool) -> Queue:
     alpha, _ = await add_webhook(db, "https://a.example/", ["t.a"], name="Alpha")
     beta, _ = await add_webhook(db, "https://b.example/", ["t.b"], name="Beta")
     gamma, _ = await add_webhook(db, "https://c.example/", ["t.c"], name="Gamma", status="disabled")
@@ -741,7 +751,9 @@ async def queue_in_known_states(db: asyncpg.Pool) -> tuple[int, int, int]:
         )
     ]
     set_sql = "UPDATE dispatcher.deliveries SET {} WHERE id = $1"
-    await db.execute(set_sql.format("run_at = now() - interval '10 minutes'"), a[0])
+    oldest_due_at = await db.fetchval(
+        set_sql.format("run_at = now() - interval '10 minutes'") + " RETURNING run_at", a[0]
+    )
     await db.execute(set_sql.format("run_at = now() - interval '1 minute'"), a[1])
     await db.execute(set_sql.format("run_at = now() + interval '1 hour'"), a[2])
     await db.execute(set_sql.format("status = 'succeeded', finished_at = now()"), a[3])
@@ -755,17 +767,41 @@ async def queue_in_known_states(db: asyncpg.Pool) -> tuple[int, int, int]:
     await db.execute(set_sql.format("status = 'failed', finished_at = now()"), b[1])
     await db.execute(set_sql.format("status = 'failed', finished_at = now()"), b[2])
     await db.execute(set_sql.format("status = 'cancelled', finished_at = now()"), b[3])
-    return alpha, beta, gamma
+    return Queue(alpha, beta, gamma, oldest_due_at)
+
+
+async def db_clock(db: asyncpg.Pool) -> datetime:
+    """The database's clock now: the clock `stats` measures ages by."""
+    moment: datetime = await db.fetchval("SELECT clock_timestamp()")
+    return moment
+
+
+def seconds_since(moment: datetime, then: datetime) -> float:
+    return (moment - then).total_seconds()
 
 
 async def test_stats_human_and_json(cli: Cli, db: asyncpg.Pool) -> None:
-    alpha, beta, gamma = await queue_in_known_states(db)
+    queue = await queue_in_known_states(db)
+    alpha, beta, gamma = queue.alpha, queue.beta, queue.gamma
 
-    assert await cli.ok("stats") == (
+    # The oldest due row's age is read while the command runs: somewhere between the ages
+    # before and after it, however long the command took.
+    before = await db_clock(db)
+    human = await cli.ok("stats")
+    after = await db_clock(db)
+    shown_age = re.search(r"^oldest due: +(\d+\.\d)m$", human, re.MULTILINE)
+    assert shown_age is not None, human
+    # One decimal of a minute: the figure may be rounded by up to 3 s either way.
+    assert (
+        seconds_since(before, queue.oldest_due_at) - 3
+        <= float(shown_age[1]) * 60
+        <= seconds_since(after, queue.oldest_due_at) + 3
+    )
+    assert human.replace(shown_age[0], "oldest due:         <age>") == (
         "due now:            2\n"
         "scheduled later:    1\n"
         "in flight (leased): 1\n"
-        "oldest due:         10.0m\n"
+        "oldest due:         <age>\n"
         "\n"
         "Last 24h by webhook:\n"
         "ID  NAME   STATUS    SUCCEEDED  FAILED  PENDING NOW\n"
@@ -773,9 +809,15 @@ async def test_stats_human_and_json(cli: Cli, db: asyncpg.Pool) -> None:
         f"{beta}   Beta   active    0          2       1\n"
         f"{gamma}   Gamma  disabled  0          0       0\n"
     )
+    before = await db_clock(db)
     data = await cli.json("stats")
+    after = await db_clock(db)
     assert list(data) == ["window_s", "due_now", "scheduled", "leased", "oldest_due_s", "webhooks"]
-    assert 600 <= data["oldest_due_s"] < 630
+    assert (
+        seconds_since(before, queue.oldest_due_at)
+        <= data["oldest_due_s"]
+        <= seconds_since(after, queue.oldest_due_at)
+    )
     assert {k: v for k, v in data.items() if k != "oldest_due_s"} == {
         "window_s": 86400.0,
         "due_now": 2,
@@ -816,6 +858,26 @@ async def test_stats_human_and_json(cli: Cli, db: asyncpg.Pool) -> None:
         (0, 0, 0),
     ]
     assert "Last 7d by webhook:" in await cli.ok("stats", "--window", "7d")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "-"),
+        (0.0, "0.0s"),
+        (0.64, "0.6s"),
+        (119.9, "119.9s"),
+        (120.0, "2.0m"),
+        (600.0, "10.0m"),
+        (602.9, "10.0m"),
+        (603.1, "10.1m"),
+        (7140.0, "119.0m"),
+        (7200.0, "2.0h"),
+        (90000.0, "25.0h"),
+    ],
+)
+def test_stats_shows_an_age_in_tenths_of_its_unit(seconds: float | None, shown: str) -> None:
+    assert ago(seconds) == shown
 
 
 async def test_stats_of_an_empty_queue(cli: Cli) -> None:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from dispatcher.cli import main
-from tests.conftest import Cli, add_webhook, daemon_process, publish, with_database
+from tests.conftest import Cli, add_webhook, daemon_process, publish
 
 MAX_ID = "9223372036854775807"
 TOO_BIG = "9223372036854775808"
@@ -361,22 +361,13 @@ async def test_delete_prompt_ends_its_line_without_a_terminal(dsn: str, db: asyn
 # --- a database that was never migrated -------------------------------------------------------
 
 
-async def test_an_unmigrated_database_says_to_run_migrate(server_dsn: str) -> None:
-    name = f"dispatcher_empty_{os.getpid()}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = with_database(server_dsn, name)
-        result = await asyncio.to_thread(
-            CliRunner().invoke, main, ["--database-url", url, "webhooks", "list"]
-        )
-        assert result.exit_code == 1
-        assert result.output == (
-            "error: the database has no dispatcher schema, or an older one"
-            ' (relation "dispatcher.webhooks" does not exist);'
-            " run `dispatcher migrate` (the daemon also migrates when it starts)\n"
-        )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.close()
+async def test_an_unmigrated_database_says_to_run_migrate(empty_dsn: str) -> None:
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["--database-url", empty_dsn, "webhooks", "list"]
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "error: the database has no dispatcher schema, or an older one"
+        ' (relation "dispatcher.webhooks" does not exist);'
+        " run `dispatcher migrate` (the daemon also migrates when it starts)\n"
+    )

@@ -4,7 +4,6 @@ recorded as a `test` delivery; no other webhook gets it and the secret is never 
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,13 +81,6 @@ def _header(line: str) -> tuple[str, str]:
     assert line.startswith("  "), line
     name, value = line.removeprefix("  ").split(": ", 1)
     return name, value
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def answer(request: web.Request, rec: Receiver) -> web.Response:
@@ -360,9 +352,9 @@ async def test_a_500_answer_is_shown_as_a_failure_and_recorded_failed(
 
 
 async def test_a_dead_url_is_shown_as_a_connect_error_and_recorded_failed(
-    cli: Cli, db: asyncpg.Pool
+    cli: Cli, db: asyncpg.Pool, dead_port: int
 ) -> None:
-    wid, secret = await add_webhook(db, f"http://127.0.0.1:{closed_port()}/hook", ["t.x"])
+    wid, secret = await add_webhook(db, f"http://127.0.0.1:{dead_port}/hook", ["t.x"])
 
     result = await refused_test(cli, str(wid), "--event-type", "t.x")
     as_json = await refused_test(cli, str(wid), "--event-type", "t.x", "--json")

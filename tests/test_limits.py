@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 import resource
 import socket
 import struct
@@ -14,6 +15,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -25,7 +27,15 @@ from dispatcher.daemon import RunStats, serve
 from dispatcher.delivery.retry import RetryPolicy
 from dispatcher.delivery.sender import Sender, create_session
 from dispatcher.settings import Settings
-from tests.conftest import Cli, Receiver, add_webhook, deliver_all, fast_settings, publish
+from tests.conftest import (
+    Cli,
+    Receiver,
+    add_webhook,
+    deliver_all,
+    fast_settings,
+    publish,
+    refused_port,
+)
 
 DEFAULT_CAP = 262144
 CAP_MESSAGE = "event payload is {size} bytes, over the limit of {cap} bytes (max_payload_bytes)"
@@ -64,12 +74,35 @@ async def attempts(db: asyncpg.Pool) -> list[dict[str, Any]]:
 
 async def delivery(db: asyncpg.Pool, webhook_id: int) -> dict[str, Any]:
     row = await db.fetchrow(
-        "SELECT status, attempts, extract(epoch FROM run_at - now())::float8 AS due_in_s"
-        " FROM dispatcher.deliveries WHERE webhook_id = $1",
+        "SELECT status, attempts, run_at FROM dispatcher.deliveries WHERE webhook_id = $1",
         webhook_id,
     )
     assert row is not None
     return dict(row)
+
+
+async def db_clock(db: asyncpg.Pool) -> datetime:
+    """The database's clock now: the clock every run_at is set by."""
+    moment: datetime = await db.fetchval("SELECT clock_timestamp()")
+    return moment
+
+
+async def assert_retry_due_after(
+    db: asyncpg.Pool, webhook_id: int, delay_s: float, run_began: datetime, run_ended: datetime
+) -> None:
+    """The delivery's one failed attempt scheduled a retry `delay_s` after the outcome was
+    written, which happened between `run_began` and `run_ended` (database clock): a window
+    measured from inside the run, however slowly it went."""
+    retry = await delivery(db, webhook_id)
+    assert (retry["status"], retry["attempts"]) == ("pending", 1)
+    [(retry_in_s, retry_reason)] = await db.fetch(
+        "SELECT a.retry_in_s, a.retry_reason FROM dispatcher.attempts a"
+        " JOIN dispatcher.deliveries d ON d.id = a.delivery_id WHERE d.webhook_id = $1",
+        webhook_id,
+    )
+    assert (retry_in_s, retry_reason) == (delay_s, "schedule")
+    delay = timedelta(seconds=delay_s)
+    assert run_began + delay <= retry["run_at"] <= run_ended + delay
 
 
 async def serve_until_attempts(
@@ -298,20 +331,26 @@ async def test_an_endless_body_ends_the_attempt_at_the_read_cap(
 ) -> None:
     stopped = asyncio.Event()
     written = 0
+    ended_by = ""
     max_chunks = 100_000
 
     async def endless(request: web.Request, rec: Receiver) -> web.StreamResponse:
-        nonlocal written
+        nonlocal written, ended_by
         response = web.StreamResponse(status=status)
         response.enable_chunked_encoding()
         await response.prepare(request)
-        deadline = time.monotonic() + 20
+        # The limits only keep a client that reads on and on from hanging the test.
+        deadline = time.monotonic() + 50
         try:
             while written < max_chunks and time.monotonic() < deadline:
                 await response.write(b"y" * 16384)
                 written += 1
+            ended_by = "the server's limit"
         except ConnectionError:
-            pass
+            ended_by = "the client"
+        except asyncio.CancelledError:  # aiohttp cancels the handler when the client is gone
+            ended_by = "the client"
+            raise
         finally:
             stopped.set()
         return response
@@ -320,7 +359,9 @@ async def test_an_endless_body_ends_the_attempt_at_the_read_cap(
     await add_webhook(db, receiver.url, ["t.x"])
     await publish(db, "t.x")
 
-    await deliver_all(fast_settings(request_timeout_s=10.0, retry_schedule=NO_RETRIES), dsn)
+    # A request timeout far beyond the run's own 60 s limit: only the read cap can end it.
+    settings = fast_settings(request_timeout_s=300.0, retry_schedule=NO_RETRIES)
+    await deliver_all(settings, dsn, within_s=60)
 
     [attempt] = await attempts(db)
     assert (
@@ -329,9 +370,12 @@ async def test_an_endless_body_ends_the_attempt_at_the_read_cap(
         attempt["response_truncated"],
         attempt["error_kind"],
     ) == (status, *recorded)
-    assert attempt["duration_ms"] < 2000
-    async with asyncio.timeout(5):
+    # Reading 4 KiB takes milliseconds; the bound only says the timeout did not end it.
+    assert attempt["duration_ms"] < 30_000
+    async with asyncio.timeout(10):
         await stopped.wait()
+    # The client hung up: the server neither ran out of chunks nor hit its deadline.
+    assert ended_by == "the client"
     assert written < max_chunks
 
 
@@ -460,16 +504,16 @@ async def test_an_oversized_response_header_fails_the_attempt_and_is_retried(
         ok_id, _ = await add_webhook(db, receiver.url, ["t.x"], name="ok")
         await publish(db, "t.x")
 
+        began = await db_clock(db)
         stats = await serve_until_attempts(fast_settings(retry_schedule=(5,)), dsn, db, 2)
+        ended = await db_clock(db)
 
     assert stats.failed_task is None
     assert server.accepted == 1
     [big] = [a for a in await attempts(db) if a["response_status"] != 200]
     assert (big["attempt"], big["response_status"], big["error_kind"]) == (1, None, "bad_response")
     assert "Got more than 8190 bytes" in big["error_message"]
-    retry = await delivery(db, big_id)
-    assert (retry["status"], retry["attempts"]) == ("pending", 1)
-    assert 3.0 < retry["due_in_s"] <= 5.0
+    await assert_retry_due_after(db, big_id, 5.0, began, ended)
     # The daemon kept going: the other webhook got its delivery in the same run.
     assert (await delivery(db, ok_id))["status"] == "succeeded"
     assert len(receiver.requests) == 1
@@ -505,31 +549,45 @@ async def test_a_slow_trickle_of_headers_times_out_at_the_request_timeout(
     db: asyncpg.Pool, dsn: str
 ) -> None:
     sent = 0
+    ended_by = ""
 
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
+        """Send a header that never ends, a byte every 0.1 s (the sleep is the slowness under
+        test, not a wait), until the client hangs up."""
+        nonlocal sent, ended_by
         await read_request(reader)
-        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+        for byte in itertools.chain(b"HTTP/1.1 200 OK\r\nX-Slow: ", itertools.repeat(ord("a"))):
             if writer.is_closing() or reader.at_eof():
+                ended_by = "the client"
                 return
             writer.write(bytes([byte]))
-            await writer.drain()
+            try:
+                await writer.drain()
+            except ConnectionError:
+                ended_by = "the client"
+                return
             sent += 1
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1)
 
-    async with raw_server(trickle) as server:
+    # raw_server cuts a connection after 50 s: far beyond any wait for the 2 s timeout.
+    async with raw_server(trickle, within_s=50) as server:
         webhook_id, _ = await add_webhook(db, server.url, ["t.x"])
         await publish(db, "t.x")
-        await deliver_all(fast_settings(request_timeout_s=1.5, retry_schedule=NO_RETRIES), dsn)
-        async with asyncio.timeout(5):
+        settings = fast_settings(request_timeout_s=2.0, retry_schedule=NO_RETRIES)
+        await deliver_all(settings, dsn, within_s=60)
+        async with asyncio.timeout(10):
             await server.finished.wait()
 
     [attempt] = await attempts(db)
     assert (attempt["response_status"], attempt["error_kind"]) == (None, "timeout")
-    assert 1400 <= attempt["duration_ms"] <= 3000
+    # Never before the timeout (10 ms for rounding), and nowhere near the 50 s it would take
+    # if each byte that arrived restarted the clock.
+    assert 2000 - 10 <= attempt["duration_ms"] < 20_000
     assert (await delivery(db, webhook_id))["status"] == "failed"
-    # The server stopped trickling once the client gave up, well before the headers ended.
-    assert 4 <= sent < 20
+    # Bytes kept coming (a gap is 20 times shorter than the timeout), and the client hung up
+    # on them: the timeout bounds the whole response, not the wait for each byte.
+    assert sent >= 2
+    assert ended_by == "the client"
 
 
 # --- (f) network failures: one kind each, each retried ----------------------------------------
@@ -543,13 +601,6 @@ async def reset_after_request(reader: asyncio.StreamReader, writer: asyncio.Stre
     writer.transport.abort()
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @contextlib.asynccontextmanager
 async def failing_target(kind: str, receiver: Receiver) -> AsyncIterator[str]:
     if kind == "connection_reset":
@@ -558,7 +609,8 @@ async def failing_target(kind: str, receiver: Receiver) -> AsyncIterator[str]:
     elif kind == "tls":
         yield receiver.url.replace("http://", "https://") + "/"
     else:
-        yield f"http://127.0.0.1:{closed_port()}/"
+        with refused_port() as port:
+            yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.mark.parametrize("kind", ["connection_reset", "tls", "connect"])
@@ -568,7 +620,9 @@ async def test_each_network_failure_has_its_own_kind_and_is_retried(
     async with failing_target(kind, receiver) as url:
         webhook_id, _ = await add_webhook(db, url, ["t.x"])
         await publish(db, "t.x")
+        began = await db_clock(db)
         stats = await serve_until_attempts(fast_settings(retry_schedule=(5,)), dsn, db, 1)
+        ended = await db_clock(db)
 
     assert stats.failed_task is None
     [attempt] = await attempts(db)
@@ -577,9 +631,7 @@ async def test_each_network_failure_has_its_own_kind_and_is_retried(
         None,
         kind,
     )
-    retry = await delivery(db, webhook_id)
-    assert (retry["status"], retry["attempts"]) == ("pending", 1)
-    assert 3.0 < retry["due_in_s"] <= 5.0
+    await assert_retry_due_after(db, webhook_id, 5.0, began, ended)
     # Not even a plaintext request reached the HTTP-only port behind the https:// URL.
     assert receiver.requests == []
 

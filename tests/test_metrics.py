@@ -30,13 +30,6 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Scraper:
     """GET the daemon's endpoints."""
 
@@ -96,7 +89,11 @@ async def eventually(
 
 
 async def test_counts_and_histograms_match_what_was_delivered(
-    db: asyncpg.Pool, dsn: str, receiver: Receiver, http: aiohttp.ClientSession
+    db: asyncpg.Pool,
+    dsn: str,
+    receiver: Receiver,
+    http: aiohttp.ClientSession,
+    server_port: int,
 ) -> None:
     async def ok_or_500(request: web.Request, rec: Receiver) -> web.Response:
         return web.Response(status=500 if request.path == "/fail" else 200)
@@ -108,7 +105,7 @@ async def test_counts_and_histograms_match_what_was_delivered(
         await publish(db, "a.x")
     for _ in range(3):
         await publish(db, "b.x")
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{server_port}"
     # Two retries: each failing delivery is 3 attempts, 2 of them ending in a retry.
     settings = fast_settings(metrics_listen=listen, retry_schedule=(0, 0))
     scraper = Scraper(http, listen)
@@ -158,6 +155,7 @@ async def test_readyz_is_503_while_draining_and_queue_gauges_follow_the_table(
     receiver: Receiver,
     http: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
+    server_port: int,
 ) -> None:
     monkeypatch.setattr(metrics_module, "QUEUE_REFRESH_S", 0.05)
     release = asyncio.Event()
@@ -170,7 +168,7 @@ async def test_readyz_is_503_while_draining_and_queue_gauges_follow_the_table(
     receiver.handler = hold
     await add_webhook(db, receiver.url, ["t.x"])
     await publish(db, "t.x")
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{server_port}"
     settings = fast_settings(
         metrics_listen=listen, per_endpoint_concurrency=1, shutdown_grace_s=15.0
     )
@@ -231,21 +229,37 @@ async def test_readyz_is_503_while_draining_and_queue_gauges_follow_the_table(
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:port to PostgreSQL; close() makes the database unreachable."""
+    """Forward 127.0.0.1:port to PostgreSQL; close() makes the database unreachable.
+
+    Closed, the port stays bound but not listening (connections are refused) until open()
+    listens on it again, so nothing else can take it in between: the listening socket and the
+    one that holds the port share it with SO_REUSEPORT, which only this user's sockets that set
+    it too can join.
+    """
 
     def __init__(self, connect: Connect) -> None:
         self._connect = connect
         self._server: asyncio.Server | None = None
+        self._held: socket.socket | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_port=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     async def close(self) -> None:
         assert self._server is not None
+        if self._held is None:
+            self._held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self._held.bind(("127.0.0.1", self.port))
         self._server.close()
         for writer in self._writers:
             writer.transport.abort()
@@ -270,6 +284,12 @@ class TcpProxy:
         for w in (writer, up_writer):
             w.transport.abort()
             self._writers.discard(w)
+
+    def release(self) -> None:
+        """Let go of the port after the last close()."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -311,10 +331,10 @@ async def proxy_for(dsn: str) -> tuple[TcpProxy, str]:
 
 
 async def test_readyz_is_503_while_the_database_is_unreachable_and_recovers(
-    dsn: str, http: aiohttp.ClientSession
+    dsn: str, http: aiohttp.ClientSession, server_port: int
 ) -> None:
     proxy, proxied = await proxy_for(dsn)
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{server_port}"
     scraper = Scraper(http, listen)
     try:
         async with running(fast_settings(metrics_listen=listen), proxied):
@@ -342,6 +362,7 @@ async def test_readyz_is_503_while_the_database_is_unreachable_and_recovers(
             await eventually(ready, within_s=10, what="/readyz 200 once the database is back")
     finally:
         await proxy.close()
+        proxy.release()
 
 
 async def test_readiness_asks_the_database_only_without_a_recent_round_trip() -> None:

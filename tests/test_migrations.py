@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import asyncpg
 import pytest
 
 from dispatcher.errors import DispatcherError
 from dispatcher.ops import migrate
-from tests.conftest import Receiver, _drop, deliver_all, fast_settings, with_database
-
-EMPTY_DB = "dispatcher_empty_migrate_test"
+from tests.conftest import Receiver, deliver_all, fast_settings
 
 
 @pytest.fixture
-async def empty_db(server_dsn: str) -> object:
-    name = EMPTY_DB
-    await _drop(server_dsn, name)
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    conn = await asyncpg.connect(with_database(server_dsn, name))
+async def empty_db(empty_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(empty_dsn)
     yield conn
     await conn.close()
-    await _drop(server_dsn, name)
 
 
 async def test_migrations_on_an_empty_database_yield_the_expected_schema(
@@ -156,7 +150,7 @@ SELECT set_config('dispatcher.skip_fan_out', 'off', false);
 
 async def test_partitioned_history_migrates_every_row(
     empty_db: asyncpg.Connection,
-    server_dsn: str,
+    empty_dsn: str,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -214,7 +208,7 @@ async def test_partitioned_history_migrates_every_row(
     await empty_db.execute(
         "UPDATE dispatcher.deliveries SET run_at = now() WHERE lease_token IS NOT NULL"
     )
-    await deliver_all(fast_settings(), with_database(server_dsn, EMPTY_DB))
+    await deliver_all(fast_settings(), empty_dsn)
     pending = [r["id"] for r in deliveries if r["status"] == "pending"]
     rows = await empty_db.fetch(
         "SELECT id, status, tableoid::regclass::text AS part FROM dispatcher.deliveries"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import reserved_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,11 @@ def terminals() -> dict[int, str]:
     return {int(n): body for n, body in MARKER.findall((ROOT / "README.md").read_text())}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def console_port() -> Iterator[int]:
+    """A second held port, as server_port is: the console's."""
+    with reserved_port() as port:
+        yield port
 
 
 MAKE_RUN = "dispatcher run --web --first-run-token"
@@ -40,14 +41,18 @@ def test_makefile_run_is_the_daemon_and_the_console() -> None:
     assert f"run: $(STAMP)\n\t$(BIN)/{MAKE_RUN}\n" in (ROOT / "Makefile").read_text()
 
 
-def test_the_readme_quick_start_delivers_a_verified_request(tmp_path: Path) -> None:
+def test_the_readme_quick_start_delivers_a_verified_request(
+    tmp_path: Path, server_port: int, console_port: int
+) -> None:
     blocks = terminals()
     assert sorted(blocks) == [1, 2, 3]
     # A checkout as a new user has it: the config files, and the venv `make` built.
     (tmp_path / "config").symlink_to(ROOT / "config")
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
-    # 9000 and 8080 may be taken on a shared machine.
-    port, web_port = str(free_port()), str(free_port())
+    # 9000 and 8080 may be taken on a shared machine: ports held for the receiver and the
+    # console until the test ends. The receiver cannot pick its own (port 0): the webhook's URL
+    # names its port before it starts.
+    port, web_port = str(server_port), str(console_port)
     make_run = f".venv/bin/{MAKE_RUN} --listen 127.0.0.1:{web_port}"
     scripts = {
         n: body.replace("make run", make_run).replace("9000", port) for n, body in blocks.items()

@@ -15,12 +15,7 @@ import aiohttp
 import asyncpg
 
 from dispatcher.manage.tokens import authenticate_token
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import refused_port
 
 
 @asynccontextmanager
@@ -60,9 +55,10 @@ async def read_until(proc: asyncio.subprocess.Process, marker: str) -> str:
 
 
 async def test_web_prints_a_first_run_token_once_and_stops_on_sigterm(
-    dsn: str, db: asyncpg.Pool
+    dsn: str, db: asyncpg.Pool, server_port: int
 ) -> None:
-    port = free_port()
+    # The port stays held between the two starts: no one else can take it in between.
+    port = server_port
     args = ("web", "--listen", f"127.0.0.1:{port}", "--first-run-token")
     async with started(dsn, *args) as proc:
         out = await read_until(proc, "web_listening")
@@ -90,8 +86,8 @@ async def test_web_prints_a_first_run_token_once_and_stops_on_sigterm(
     assert await db.fetchval("SELECT count(*) FROM dispatcher.api_tokens") == 1
 
 
-async def test_without_first_run_token_it_says_how_to_make_one(dsn: str) -> None:
-    async with started(dsn, "web", "--listen", f"127.0.0.1:{free_port()}") as proc:
+async def test_without_first_run_token_it_says_how_to_make_one(dsn: str, server_port: int) -> None:
+    async with started(dsn, "web", "--listen", f"127.0.0.1:{server_port}") as proc:
         out = await read_until(proc, "web_listening")
         assert "no token exists yet" in out and "dispatcher tokens create --name NAME" in out
         proc.send_signal(signal.SIGTERM)
@@ -112,9 +108,9 @@ async def test_a_taken_port_is_one_line_and_exit_1(dsn: str) -> None:
 
 
 async def test_run_with_web_serves_both_and_one_sigint_stops_both(
-    dsn: str, db: asyncpg.Pool
+    dsn: str, db: asyncpg.Pool, server_port: int
 ) -> None:
-    port = free_port()
+    port = server_port
     async with started(dsn, "run", "--web", "--listen", f"127.0.0.1:{port}") as proc:
         out = await read_until(proc, "daemon_started")
         if "web_listening" not in out:
@@ -129,12 +125,11 @@ async def test_run_with_web_serves_both_and_one_sigint_stops_both(
     assert await db.fetchval("SELECT count(*) FROM dispatcher.api_tokens") == 0
 
 
-async def test_web_waits_for_a_database_that_is_not_up_yet(dsn: str) -> None:
+async def test_web_waits_for_a_database_that_is_not_up_yet(dsn: str, server_port: int) -> None:
     """Under systemd at boot the database may start later: the console must not exit."""
-    with socket.socket() as nothing:
-        nothing.bind(("127.0.0.1", 0))
-        down = f"postgresql://postgres@127.0.0.1:{nothing.getsockname()[1]}/postgres"
-        async with started(down, "web", "--listen", f"127.0.0.1:{free_port()}") as proc:
+    with refused_port() as nothing:
+        down = f"postgresql://postgres@127.0.0.1:{nothing}/postgres"
+        async with started(down, "web", "--listen", f"127.0.0.1:{server_port}") as proc:
             out = await read_until(proc, "database_unavailable")
             assert "the console waits for the database" in out
             assert proc.returncode is None
