@@ -74,7 +74,7 @@ async def test_retries_with_schedule_spacing_same_id_and_valid_signatures(
     assert {r.headers["webhook-id"] for r in receiver.requests} == {mid}
     assert len({r.headers["webhook-timestamp"] for r in receiver.requests}) >= 2
     for r in receiver.requests:
-        verify(secret, {k.lower(): v for k, v in r.headers.items()}, r.body)
+        Webhook(secret).verify(r.body, dict(r.headers))
 
     rows = await db.fetch(
         "SELECT attempt, response_status, error_kind FROM dispatcher.attempts ORDER BY attempt"

@@ -453,11 +453,12 @@ async def test_a_small_compressed_error_body_is_stored_decompressed(
     ) == (500, '{"error": "nope"}', False)
 
 
-async def test_a_multi_member_gzip_body_is_stored_whole_or_marked_truncated(
+async def test_a_multi_member_gzip_body_is_stored_whole(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
+    # RFC 1952: a gzip stream may hold several members, and a reader decodes them all. Both
+    # together are far below the read cap, so nothing may be cut or marked truncated.
     body = gzip.compress(b"first,") + gzip.compress(b"second")
-    assert gzip.decompress(body) == b"first,second"
     receiver.handler = answering(500, body, **{"Content-Encoding": "gzip"})
     await add_webhook(db, receiver.url, ["t.x"])
     await publish(db, "t.x")
@@ -466,7 +467,7 @@ async def test_a_multi_member_gzip_body_is_stored_whole_or_marked_truncated(
 
     [attempt] = await attempts(db)
     stored = (attempt["response_body"], attempt["response_truncated"])
-    assert stored in {("first,second", False), ("first,", True)}
+    assert stored == ("first,second", False)
 
 
 async def test_a_body_that_claims_gzip_but_is_not_is_stored_raw(

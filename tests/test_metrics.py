@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import store
-from dispatcher.daemon import serve
+from dispatcher.daemon import RunStats, serve
 from dispatcher.delivery.outcomes import OutcomeWriter
 from dispatcher.delivery.sender import Outcome
 from dispatcher.errors import ConfigError
@@ -50,9 +50,13 @@ class Scraper:
             for s in family.samples
         }
 
-    async def until_up(self, within_s: float = 20.0) -> None:
+    async def until_up(self, daemon: asyncio.Task[RunStats], within_s: float = 20.0) -> None:
+        """Wait until /healthz answers 200; if the daemon stops first, raise what it raised."""
         async with asyncio.timeout(within_s):
             while True:
+                if daemon.done():
+                    stats = daemon.result()  # re-raises the daemon's exception
+                    pytest.fail(f"the daemon returned before /healthz answered: {stats}")
                 try:
                     if (await self.get("/healthz"))[0] == 200:
                         return
@@ -111,7 +115,7 @@ async def test_counts_and_histograms_match_what_was_delivered(
     scraper = Scraper(http, listen)
 
     async with running(settings, dsn) as daemon:
-        await scraper.until_up()
+        await scraper.until_up(daemon)
 
         async def all_finished() -> bool:
             s = await scraper.samples()
@@ -176,7 +180,7 @@ async def test_readyz_is_503_while_draining_and_queue_gauges_follow_the_table(
     stop = asyncio.Event()
 
     async with running(settings, dsn, stop) as daemon:
-        await scraper.until_up()
+        await scraper.until_up(daemon)
         await receiver.wait_for(1)
         # The webhook is at its cap: one row due but held back (for a minute, backdated), and
         # one waiting for a retry time an hour away.
@@ -337,8 +341,8 @@ async def test_readyz_is_503_while_the_database_is_unreachable_and_recovers(
     listen = f"127.0.0.1:{server_port}"
     scraper = Scraper(http, listen)
     try:
-        async with running(fast_settings(metrics_listen=listen), proxied):
-            await scraper.until_up()
+        async with running(fast_settings(metrics_listen=listen), proxied) as daemon:
+            await scraper.until_up(daemon)
             assert (await scraper.get("/readyz"))[0] == 200
 
             await proxy.close()

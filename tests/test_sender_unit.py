@@ -1,4 +1,5 @@
-"""Unit tests for one HTTP attempt: error paths through aioresponses, and the pure helpers."""
+"""Unit tests for one HTTP attempt: transport errors injected with aioresponses, answers from a
+real local receiver, and the pure helpers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -24,38 +26,26 @@ from dispatcher.delivery.sender import (
     safe_text,
 )
 from dispatcher.settings import Settings, load_settings
+from tests.conftest import Handler, Receiver
 
 URL_ = "https://hooks.example/receive"
 BODY = b'{"messageId":"m-1","type":"t","timestamp":"2024-01-02T03:04:05Z","data":{}}'
 HEADERS = {"content-type": "application/json", "webhook-id": "m-1"}
-KEY = aiohttp.client_reqrep.ConnectionKey(
-    host="hooks.example",
-    port=443,
-    is_ssl=True,
-    ssl=True,
-    proxy=None,
-    proxy_auth=None,
-    proxy_headers_hash=None,
-)
+# What a connector error is built from: aiohttp's ConnectionKey is not public, and the errors
+# read only these three fields of it (their public host, port and ssl properties).
+KEY: Any = SimpleNamespace(host="hooks.example", port=443, ssl=True)
 REQUEST_INFO = aiohttp.RequestInfo(
     url=URL(URL_), method="POST", headers=CIMultiDictProxy(CIMultiDict()), real_url=URL(URL_)
 )
 
 
-class MockedResponse(aiohttp.ClientResponse):
-    """A ClientResponse aioresponses 0.7.9 can build under aiohttp 3.14.
-
-    aiohttp 3.14 made `stream_writer` a required argument that aioresponses does not pass
-    (pnuckowski/aioresponses#289); with `writer=None` only its `output_size` is read.
-    """
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
 def make_settings(**overrides: object) -> Settings:
-    base: dict[str, object] = {"request_timeout_s": 5.0, "connect_timeout_s": 2.0}
+    base: dict[str, object] = {
+        "request_timeout_s": 5.0,
+        "connect_timeout_s": 2.0,
+        # The real receivers are on loopback, which the SSRF guard refuses by default.
+        "allowed_networks": ("127.0.0.0/8",),
+    }
     base.update(overrides)
     return load_settings(env={}, overrides=base)
 
@@ -160,11 +150,30 @@ async def test_send_error_message_is_capped_at_1000_chars() -> None:
     assert outcome.error_message == "ClientConnectionError: " + "x" * 977
 
 
-async def test_send_500_is_retryable_status_failure() -> None:
+# --- answers from a real local receiver -----------------------------------------------------
+
+
+def answering(status: int, body: bytes = b"", **headers: str) -> Handler:
+    """A receiver handler that answers every request with `status`, `body` and `headers`."""
+
+    async def handler(request: web.Request, rec: Receiver) -> web.StreamResponse:
+        return web.Response(status=status, body=body, headers=headers)
+
+    return handler
+
+
+async def send_to(receiver: Receiver, settings: Settings | None = None) -> Outcome:
+    """POST BODY to `receiver` at /receive through a session as the daemon builds it."""
+    settings = settings or make_settings()
+    async with create_session(settings) as session:
+        return await Sender(settings, session).send(receiver.url + "/receive", HEADERS, BODY)
+
+
+async def test_send_500_is_retryable_status_failure(receiver: Receiver) -> None:
+    receiver.handler = answering(500, b"database on fire")
     before = datetime.now(UTC)
-    with aioresponses() as m:
-        m.post(URL_, status=500, body="database on fire", response_class=MockedResponse)
-        outcome = await send_once(m)
+
+    outcome = await send_to(receiver)
 
     assert outcome.ok is False
     assert outcome.retryable is True
@@ -176,56 +185,58 @@ async def test_send_500_is_retryable_status_failure() -> None:
     assert_timing(outcome, before)
 
 
-async def test_send_posts_body_and_headers_without_following_redirects() -> None:
-    with aioresponses() as m:
-        m.post(URL_, status=204, response_class=MockedResponse)
-        await send_once(m)
+async def test_send_posts_the_body_and_headers_once(receiver: Receiver) -> None:
+    methods: list[str] = []
 
-    [call] = m.requests[("POST", URL(URL_))]
-    assert call.kwargs["data"] == BODY
-    assert call.kwargs["headers"] == HEADERS
-    assert call.kwargs["allow_redirects"] is False
+    async def record_method(request: web.Request, rec: Receiver) -> web.StreamResponse:
+        methods.append(request.method)
+        return web.Response(status=204)
+
+    receiver.handler = record_method
+
+    await send_to(receiver)
+
+    [request] = receiver.requests
+    assert (methods, request.path, request.body) == (["POST"], "/receive", BODY)
+    sent = {name.lower(): value for name, value in request.headers.items()}
+    assert {name: sent.get(name) for name in HEADERS} == HEADERS
 
 
-async def test_send_302_is_a_failure_and_not_followed() -> None:
-    target = "https://elsewhere.example/new-home"
-    with aioresponses() as m:
-        m.post(
-            URL_,
-            status=302,
-            headers={"Location": target},
-            body="moved",
-            response_class=MockedResponse,
-        )
-        m.post(target, status=200, body="followed", response_class=MockedResponse)
-        m.get(target, status=200, body="followed", response_class=MockedResponse)
-        outcome = await send_once(m)
+async def test_send_302_is_a_failure_and_not_followed(receiver: Receiver) -> None:
+    target = receiver.url + "/new-home"
+
+    async def redirect_once(request: web.Request, rec: Receiver) -> web.StreamResponse:
+        if request.path == "/receive":
+            return web.Response(status=302, text="moved", headers={"Location": target})
+        return web.Response(text="followed")
+
+    receiver.handler = redirect_once
+
+    outcome = await send_to(receiver)
 
     assert outcome.ok is False
     assert outcome.retryable is True
     assert outcome.error_kind == "status"
     assert outcome.response_status == 302
     assert outcome.response_body == "moved"
-    assert outcome.error_message == (
-        "HTTP 302 (redirects are not followed; Location: https://elsewhere.example/new-home)"
-    )
-    assert list(m.requests) == [("POST", URL(URL_))]
+    assert outcome.error_message == (f"HTTP 302 (redirects are not followed; Location: {target})")
+    assert [r.path for r in receiver.requests] == ["/receive"]
 
 
-async def test_send_redirect_without_location() -> None:
-    with aioresponses() as m:
-        m.post(URL_, status=307, response_class=MockedResponse)
-        outcome = await send_once(m)
+async def test_send_redirect_without_location(receiver: Receiver) -> None:
+    receiver.handler = answering(307)
+
+    outcome = await send_to(receiver)
 
     assert outcome.error_kind == "status"
     assert outcome.error_message == "HTTP 307 (redirects are not followed; Location: None)"
 
 
-async def test_send_204_is_ok() -> None:
+async def test_send_204_is_ok(receiver: Receiver) -> None:
+    receiver.handler = answering(204)
     before = datetime.now(UTC)
-    with aioresponses() as m:
-        m.post(URL_, status=204, response_class=MockedResponse)
-        outcome = await send_once(m)
+
+    outcome = await send_to(receiver)
 
     assert outcome.ok is True
     assert outcome.retryable is False
@@ -237,41 +248,44 @@ async def test_send_204_is_ok() -> None:
     assert_timing(outcome, before)
 
 
-async def test_send_makes_response_body_storable() -> None:
-    with aioresponses() as m:
-        m.post(URL_, status=200, body=b"ok\x00\xff!", response_class=MockedResponse)
-        outcome = await send_once(m)
+async def test_send_makes_response_body_storable(receiver: Receiver) -> None:
+    receiver.handler = answering(200, b"ok\x00\xff!")
+
+    outcome = await send_to(receiver)
 
     assert outcome.ok is True
     assert outcome.response_body == "ok\ufffd\ufffd!"
 
 
-async def test_send_caps_stored_body() -> None:
-    settings = make_settings(response_read_max_bytes=16, response_store_max_bytes=8)
-    with aioresponses() as m:
-        m.post(URL_, status=500, body=b"0123456789", response_class=MockedResponse)
-        outcome = await send_once(m, settings)
+async def test_send_caps_stored_body(receiver: Receiver) -> None:
+    receiver.handler = answering(500, b"0123456789")
+
+    outcome = await send_to(
+        receiver, make_settings(response_read_max_bytes=16, response_store_max_bytes=8)
+    )
 
     assert outcome.response_body == "01234567"
     assert outcome.response_truncated is True
 
 
-async def test_send_caps_read_body() -> None:
-    settings = make_settings(response_read_max_bytes=16, response_store_max_bytes=16)
-    with aioresponses() as m:
-        m.post(URL_, status=200, body=b"x" * 100, response_class=MockedResponse)
-        outcome = await send_once(m, settings)
+async def test_send_caps_read_body(receiver: Receiver) -> None:
+    receiver.handler = answering(200, b"x" * 100)
+
+    outcome = await send_to(
+        receiver, make_settings(response_read_max_bytes=16, response_store_max_bytes=16)
+    )
 
     assert outcome.ok is True
     assert outcome.response_body == "x" * 16
     assert outcome.response_truncated is True
 
 
-async def test_send_body_exactly_at_caps_is_not_truncated() -> None:
-    settings = make_settings(response_read_max_bytes=16, response_store_max_bytes=8)
-    with aioresponses() as m:
-        m.post(URL_, status=200, body=b"01234567", response_class=MockedResponse)
-        outcome = await send_once(m, settings)
+async def test_send_body_exactly_at_caps_is_not_truncated(receiver: Receiver) -> None:
+    receiver.handler = answering(200, b"01234567")
+
+    outcome = await send_to(
+        receiver, make_settings(response_read_max_bytes=16, response_store_max_bytes=8)
+    )
 
     assert outcome.response_body == "01234567"
     assert outcome.response_truncated is False
