@@ -1,8 +1,11 @@
 """The SSRF guard: which addresses the daemon may connect to, checked on the address dialed.
 
-`ipaddress.is_global` alone is not enough (it passes 224.0.0.1 and 64:ff9b::7f00:1, and does
-not call ::ffff:127.0.0.1 loopback), so this is an explicit table. IPv4 written inside IPv6
-(mapped, compatible, NAT64, 6to4) is unwrapped and judged as the IPv4 address it carries.
+The verdict comes from this module's own tables and bit arithmetic, never from the `is_global`,
+`is_private`, `is_loopback`... flags of `ipaddress`: those pass addresses we refuse (224.0.0.1
+is "global"), and their answers change between patch releases (CVE-2024-4032: 3.13.0 calls
+::ffff:127.0.0.1 loopback, 3.11.7 does not), so the guard would differ by interpreter. IPv4
+written inside IPv6 (mapped, compatible, NAT64, 6to4) is unwrapped and judged as the IPv4
+address it carries.
 """
 
 from __future__ import annotations
@@ -84,16 +87,12 @@ class BlockedAddress(OSError):
 
 def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """Return the IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4)."""
-    if addr in _MAPPED:
-        return addr.ipv4_mapped
-    if addr in _SIIT:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    if addr in _COMPATIBLE and int(addr) > 1:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    if addr in _NAT64:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    bits = int(addr)
+    if addr in _MAPPED or addr in _SIIT or addr in _NAT64 or (addr in _COMPATIBLE and bits > 1):
+        return ipaddress.IPv4Address(bits & 0xFFFFFFFF)
     if addr in _6TO4:
-        return addr.sixtofour
+        # 6to4 2002:wwxx:yyzz::/48 carries the IPv4 address 0xwwxxyyzz after its 16-bit prefix.
+        return ipaddress.IPv4Address((bits >> 80) & 0xFFFFFFFF)
     return None
 
 
