@@ -204,6 +204,12 @@ IANA_V6_TABLE = [
     ("ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
     ("100::", True),
     ("100::ffff:ffff:ffff:ffff", True),
+    # 100:0:0:1::/64 dummy prefix (RFC 9780), then the reserved rest of 100::/8
+    ("100:0:0:1::", True),
+    ("100:0:0:1:ffff:ffff:ffff:ffff", True),
+    ("100:0:0:2::", True),
+    # 2000::/3 global unicast: below and above it is reserved or special
+    ("1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
     # 2001::/23 IETF protocol assignments, refused whole: Teredo 2001::/32, PCP/TURN/DNS-SD
     # anycast 2001:1::1-3, benchmarking 2001:2::/48, AMT 2001:3::/32, AS112 2001:4:112::/48,
     # ORCHIDv2 2001:20::/28, drone remote ID 2001:30::/28
@@ -240,10 +246,20 @@ IANA_V6_TABLE = [
     ("3fff::", True),
     ("3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", True),
     ("3fff:1000::", False),
-    # fc00::/7 unique local
+    ("3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", False),
+    ("4000::", True),
+    # 5f00::/16 SRv6 segment identifiers (RFC 9602)
+    ("5eff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
+    ("5f00::", True),
+    ("5f00:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
+    ("5f01::", True),
+    # fc00::/7 unique local, between reserved space
+    ("fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
     ("fc00::", True),
     ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
+    ("fe00::", True),
     # fe80::/10 link-local, then fec0::/10 deprecated site-local
+    ("fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
     ("fe80::", True),
     ("febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
     ("fec0::", True),
