@@ -13,8 +13,11 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import asyncpg
+import pytest
 
 from dispatcher.manage.tokens import authenticate_token
+
+pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
