@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-netguard-py3 lint format bench clean
+.PHONY: run test test-quick test-netguard-py3 lint format bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is required")'
@@ -23,6 +23,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The inner loop: no lint, no browser, and nothing marked slow (tests that start processes or
+# wait on real time). `make test` runs everything.
+test-quick: $(STAMP)
+	$(BIN)/pytest -m "not slow and not browser"
 
 # The SSRF guard's verdicts must not depend on the Python release (CPython's ipaddress flags
 # changed in patch releases), so its tests also run under a second interpreter: the newest
