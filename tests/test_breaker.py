@@ -166,6 +166,7 @@ async def test_open_breaker_survives_a_restart(
     assert await leased(db, wid) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_dead_endpoint_with_10000_events_gets_one_probe_per_cooloff_then_everything(
     db: asyncpg.Pool, dsn: str

@@ -83,6 +83,7 @@ def test_redact_hides_only_the_password(dsn: str, shown: str) -> None:
     assert redact(dsn) == shown
 
 
+@pytest.mark.slow
 def test_without_a_database_url_the_cli_uses_the_embedded_server(tmp_path: Path) -> None:
     """The README quick start: no configuration at all, the embedded default."""
     import os

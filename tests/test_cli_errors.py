@@ -44,6 +44,7 @@ def dispatcher(
 # --- item: a closed pipe is not an error ------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args", [["stats"], ["webhooks", "list"], ["deliveries", "list", "--json"]]
 )
@@ -62,6 +63,7 @@ async def test_a_closed_pipe_exits_quietly_like_git(
     assert (done.returncode, done.stderr) == (141, "")
 
 
+@pytest.mark.slow
 async def test_head_reads_the_first_line_and_nothing_is_reported(
     dsn: str, db: asyncpg.Pool
 ) -> None:
@@ -320,6 +322,7 @@ def test_a_socket_directory_is_named_as_the_socket_path(tmp_path: Path) -> None:
     assert "hunter2" not in result.output
 
 
+@pytest.mark.slow
 async def test_the_daemon_logs_the_database_it_is_waiting_for() -> None:
     async with daemon_process(CLOSED) as proc:
         assert proc.stdout is not None
@@ -337,6 +340,7 @@ async def test_the_daemon_logs_the_database_it_is_waiting_for() -> None:
 # --- item: declining a deletion, in a real process without a terminal -------------------
 
 
+@pytest.mark.slow
 async def test_delete_prompt_ends_its_line_without_a_terminal(dsn: str, db: asyncpg.Pool) -> None:
     wid, _ = await add_webhook(db, "https://x.example/in", ["a.b"], name="Zapier")
     prompt = f"Delete webhook {wid} (Zapier, https://x.example/in)? [y/N]:\n"

@@ -136,6 +136,7 @@ async def listening(*args: str) -> AsyncIterator[Listener]:
 # --- verification ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_good_signature_is_verified_and_answered_the_chosen_status() -> None:
     secret = random_secret()
     async with listening("--secret", secret, "--status", "202", "--json") as listener:
@@ -164,6 +165,7 @@ async def test_a_good_signature_is_verified_and_answered_the_chosen_status() -> 
     assert secret.removeprefix("whsec_") not in output
 
 
+@pytest.mark.slow
 async def test_a_tampered_body_a_wrong_secret_or_a_stale_timestamp_is_answered_400() -> None:
     secret = random_secret()
     async with listening("--secret", secret, "--json") as listener:
@@ -192,6 +194,7 @@ async def test_a_tampered_body_a_wrong_secret_or_a_stale_timestamp_is_answered_4
     assert secret not in output
 
 
+@pytest.mark.slow
 async def test_without_a_secret_every_request_gets_the_status_unchecked() -> None:
     async with listening("--status", "503", "--json") as listener:
         assert listener.start.group(3, 4) == ("503", "not verifying: no --webhook or --secret")
@@ -207,6 +210,7 @@ async def test_without_a_secret_every_request_gets_the_status_unchecked() -> Non
         assert record["body"] == "not json"
 
 
+@pytest.mark.slow
 async def test_people_see_the_headers_the_body_and_the_verdict_but_never_the_secret() -> None:
     secret = random_secret()
     async with listening("--secret", secret) as listener:
@@ -254,6 +258,7 @@ async def test_people_see_the_headers_the_body_and_the_verdict_but_never_the_sec
 # --- what it accepts ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_path_limits_posts_to_that_path_and_below_and_other_methods_get_405() -> None:
     async with listening("--path", "/hooks/", "--json") as listener:
         assert listener.start[2] == "/hooks"
@@ -327,6 +332,7 @@ def test_check_secret(secret: str, ok: bool) -> None:
 # --- the database's secret ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_webhook_reads_its_secret_from_the_database(db: asyncpg.Pool, dsn: str) -> None:
     webhook_id, secret = await add_webhook(db, "http://127.0.0.1:9/", ["t.x"])
     args = ("--database-url", dsn, "--webhook", str(webhook_id), "--json")
@@ -341,6 +347,7 @@ async def test_webhook_reads_its_secret_from_the_database(db: asyncpg.Pool, dsn:
     assert secret not in output
 
 
+@pytest.mark.slow
 async def test_webhook_accepts_the_previous_secret_during_a_rotation(
     db: asyncpg.Pool, dsn: str
 ) -> None:
@@ -380,6 +387,7 @@ async def test_bad_options_are_usage_errors(cli: Cli, args: list[str], message: 
 # --- the process --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_stops_it_with_exit_0(signum: int) -> None:
     async with listening() as listener:
@@ -388,6 +396,7 @@ async def test_a_signal_stops_it_with_exit_0(signum: int) -> None:
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 async def test_a_port_in_use_is_one_error_line_naming_it_and_exit_1() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -420,6 +429,7 @@ async def test_a_port_in_use_is_one_error_line_naming_it_and_exit_1() -> None:
 # --- end to end -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_daemon_delivers_to_the_listener_and_it_verifies(
     db: asyncpg.Pool, dsn: str
 ) -> None:
@@ -441,6 +451,7 @@ async def test_the_daemon_delivers_to_the_listener_and_it_verifies(
     assert secret not in output
 
 
+@pytest.mark.slow
 async def test_a_chosen_failure_status_makes_the_daemon_retry(db: asyncpg.Pool, dsn: str) -> None:
     webhook_id, _ = await add_webhook(db, "http://127.0.0.1:9/", ["customer.updated"])
     args = ("--database-url", dsn, "--webhook", str(webhook_id), "--status", "503", "--json")

@@ -54,6 +54,7 @@ async def test_delivers_signed_standard_webhook(
     assert attempt["response_body"] is None
 
 
+@pytest.mark.slow
 async def test_retries_with_schedule_spacing_same_id_and_valid_signatures(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
@@ -189,6 +190,7 @@ async def test_hostile_response_bodies_are_recorded_safely(
     assert {r["response_status"] for r in rows.values()} == {500}
 
 
+@pytest.mark.slow
 async def test_slow_endpoint_does_not_delay_a_fast_one(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:

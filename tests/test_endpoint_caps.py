@@ -77,6 +77,7 @@ async def capped_webhook(db: asyncpg.Pool, url: str, cap: int | None, event_type
     return wid
 
 
+@pytest.mark.slow
 async def test_four_instances_never_exceed_a_webhooks_cap_together(
     db: asyncpg.Pool, dsn: str, receiver: Receiver, tmp_path: Path
 ) -> None:

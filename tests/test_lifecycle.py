@@ -9,9 +9,12 @@ from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 import orjson
+import pytest
 from aiohttp import web
 
 from tests.conftest import Receiver, add_webhook, daemon_process
+
+pytestmark = pytest.mark.slow
 
 
 def daemon(dsn: str, **env: str) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:

@@ -263,6 +263,7 @@ def largest_gap(times: list[float]) -> float:
     return max(b - a for a, b in itertools.pairwise(times))
 
 
+@pytest.mark.slow
 async def test_run_notifies_ready_then_watchdog_then_stopping(
     dsn: str, path_socket: NotifySocket
 ) -> None:
@@ -291,6 +292,7 @@ async def test_run_notifies_ready_then_watchdog_then_stopping(
     ) == 1
 
 
+@pytest.mark.slow
 async def test_run_without_a_database_retries_and_never_reports_ready(
     path_socket: NotifySocket,
 ) -> None:
@@ -382,6 +384,7 @@ async def proxied(dsn: str) -> AsyncIterator[tuple[FreezableProxy, str]]:
         await proxy.close()
 
 
+@pytest.mark.slow
 async def test_run_stops_pinging_while_the_database_is_wedged(
     dsn: str, path_socket: NotifySocket
 ) -> None:

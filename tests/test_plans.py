@@ -22,6 +22,8 @@ import pytest
 from dispatcher import store
 from dispatcher.store import QUERIES
 
+pytestmark = pytest.mark.slow
+
 BACKLOG = 100_000
 BATCH = 20
 # What "in proportion to the batch" allows: per batch row, rows read from a table or an index by

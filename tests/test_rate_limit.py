@@ -9,6 +9,7 @@ import time
 from contextlib import AsyncExitStack
 
 import asyncpg
+import pytest
 
 from tests.conftest import Receiver, add_webhook, fast_settings, running
 from tests.health_support import health, publish_many, statuses
@@ -61,6 +62,7 @@ def assert_limited(in_window: int, most_leased: int) -> None:
     assert most_leased <= RATE + 1, most_leased
 
 
+@pytest.mark.slow
 async def test_rate_limit_caps_requests_in_a_window_and_rows_wait_unleased(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
@@ -85,6 +87,7 @@ async def test_rate_limit_caps_requests_in_a_window_and_rows_wait_unleased(
     assert (await statuses(db, wid))["succeeded"] == len(receiver.requests)
 
 
+@pytest.mark.slow
 async def test_two_instances_share_one_rate_limit(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:

@@ -30,6 +30,8 @@ from tests.conftest import (
     with_database,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def delaying(seconds: float) -> Any:
     async def handler(request: web.Request, rec: Receiver) -> web.Response:

@@ -389,6 +389,7 @@ def needles(*secrets: str) -> list[str]:
     return [s for secret in secrets for s in (secret, secret.removeprefix("whsec_"))]
 
 
+@pytest.mark.slow
 async def test_secrets_never_appear_in_debug_logs_or_stored_attempts(
     cli: Cli, db: asyncpg.Pool, dsn: str, receiver: Receiver, tmp_path: Path
 ) -> None:

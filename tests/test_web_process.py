@@ -13,9 +13,12 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import asyncpg
+import pytest
 
 from dispatcher.manage.tokens import authenticate_token
 from tests.conftest import refused_port
+
+pytestmark = pytest.mark.slow
 
 
 @asynccontextmanager

@@ -1,8 +1,11 @@
 """The SSRF guard: which addresses the daemon may connect to, checked on the address dialed.
 
-`ipaddress.is_global` alone is not enough (it passes 224.0.0.1 and 64:ff9b::7f00:1, and does
-not call ::ffff:127.0.0.1 loopback), so this is an explicit table. IPv4 written inside IPv6
-(mapped, compatible, NAT64, 6to4) is unwrapped and judged as the IPv4 address it carries.
+The verdict comes from this module's own tables and bit arithmetic, never from the `is_global`,
+`is_private`, `is_loopback`... flags of `ipaddress`: those pass addresses we refuse (224.0.0.1
+is "global"), and their answers change between patch releases (CVE-2024-4032: 3.13.0 calls
+::ffff:127.0.0.1 loopback, 3.11.7 does not), so the guard would differ by interpreter. IPv4
+written inside IPv6 (mapped, compatible, NAT64, 6to4) is unwrapped and judged as the IPv4
+address it carries.
 """
 
 from __future__ import annotations
@@ -41,20 +44,21 @@ BLOCKED_V4: tuple[ipaddress.IPv4Network, ...] = tuple(
         "240.0.0.0/4",  # reserved, and 255.255.255.255 broadcast
     )
 )
+# Global unicast, the only IPv6 space IANA allocates for public use (RFC 4291 2.4; the IPv6 Address
+# Space registry). Outside it everything is refused, except IPv4 carried in ::/8 or 64:ff9b::/96,
+# which is unwrapped and judged: ::/8 (unspecified, loopback, and IPv4 forms like ISATAP
+# ::5efe:a.b.c.d that listing encodings one by one let through, as Hook0 found), local-use NAT64
+# 64:ff9b:1::/48, discard-only 100::/64, the dummy prefix 100:0:0:1::/64, SRv6 SIDs 5f00::/16,
+# unique local fc00::/7 (incl. fd00:ec2::254, the AWS metadata endpoint), link-local fe80::/10,
+# site-local fec0::/10, multicast ff00::/8, and whatever IANA has not allocated yet.
+GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+# Inside global unicast, what is not public either. 6to4 2002::/16 is unwrapped instead.
 BLOCKED_V6: tuple[ipaddress.IPv6Network, ...] = tuple(
     ipaddress.IPv6Network(n)
     for n in (
-        "::/128",  # unspecified
-        "::1/128",  # loopback
-        "64:ff9b:1::/48",  # local-use NAT64
-        "100::/64",  # discard-only
         "2001::/23",  # IETF protocol assignments (Teredo, benchmarking, ORCHID...)
         "2001:db8::/32",  # documentation
         "3fff::/20",  # documentation
-        "fc00::/7",  # unique local (incl. fd00:ec2::254, the AWS metadata endpoint)
-        "fe80::/10",  # link-local
-        "fec0::/10",  # site-local (deprecated)
-        "ff00::/8",  # multicast
     )
 )
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -62,7 +66,6 @@ _COMPATIBLE = ipaddress.IPv6Network("::/96")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _6TO4 = ipaddress.IPv6Network("2002::/16")
 _SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
-_RESERVED_V6 = ipaddress.IPv6Network("::/8")
 
 
 class BlockedAddress(OSError):
@@ -84,16 +87,12 @@ class BlockedAddress(OSError):
 
 def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """Return the IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4)."""
-    if addr in _MAPPED:
-        return addr.ipv4_mapped
-    if addr in _SIIT:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    if addr in _COMPATIBLE and int(addr) > 1:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    if addr in _NAT64:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    bits = int(addr)
+    if addr in _MAPPED or addr in _SIIT or addr in _NAT64 or (addr in _COMPATIBLE and bits > 1):
+        return ipaddress.IPv4Address(bits & 0xFFFFFFFF)
     if addr in _6TO4:
-        return addr.sixtofour
+        # 6to4 2002:wwxx:yyzz::/48 carries the IPv4 address 0xwwxxyyzz after its 16-bit prefix.
+        return ipaddress.IPv4Address((bits >> 80) & 0xFFFFFFFF)
     return None
 
 
@@ -108,9 +107,7 @@ def is_blocked(address: str | IPAddress, allowed: Sequence[Network] = ()) -> boo
         inner = embedded_ipv4(addr)
         if inner is not None:
             return is_blocked(inner, allowed)
-        # The rest of ::/8 is reserved and carries IPv4 in forms listed one by one elsewhere
-        # (ISATAP ::5efe:a.b.c.d, ...): refuse it wholesale, as Hook0 does.
-        return addr in _RESERVED_V6 or any(addr in net for net in BLOCKED_V6)
+        return addr not in GLOBAL_UNICAST_V6 or any(addr in net for net in BLOCKED_V6)
     return any(addr in net for net in BLOCKED_V4)
 
 
