@@ -138,6 +138,10 @@ async def status_of(db: asyncpg.Pool, message_id: str) -> list[tuple[str, int]]:
     return [(r["status"], r["attempts"]) for r in rows]
 
 
+async def _is(db: asyncpg.Pool, message_id: str, expected: list[tuple[str, int]]) -> bool:
+    return await status_of(db, message_id) == expected
+
+
 async def test_a_published_event_wakes_an_idle_daemon(
     mode: str, db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
@@ -166,10 +170,6 @@ async def test_a_retry_falling_due_wakes_the_daemon(
         await arrives(receiver, 2, RETRY_WITHIN_S, "the failed first attempt")
         await eventually(lambda: _is(db, message_id, [("succeeded", 2)]))
     assert len(receiver.requests) == 2
-
-
-async def _is(db: asyncpg.Pool, message_id: str, expected: list[tuple[str, int]]) -> bool:
-    return await status_of(db, message_id) == expected
 
 
 async def test_a_bulk_resend_wakes_an_idle_daemon(
