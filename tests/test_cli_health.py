@@ -157,11 +157,13 @@ async def test_disable_records_manual_and_enable_starts_afresh(cli: Cli, db: asy
 
     data = await cli.json("webhooks", "enable", str(wid))
     assert (data["status"], data["disabled_reason"], data["disabled_at"]) == ("active", None, None)
+    # Enabling keeps when the endpoint last failed: the stored time, not a fresh one.
+    last_failure_at = data["health"].pop("last_failure_at")
+    assert datetime.fromisoformat(last_failure_at) == before["last_failure_at"]
     assert data["health"] == {
         "state": "ok",
         "consecutive_failures": 0,
         "first_failure_at": None,
-        "last_failure_at": data["health"]["last_failure_at"],
         "last_error": "HTTP 503",
         "breaker": {"state": "closed", "until": None, "opened_at": None, "trips": 0},
         "rate_limited_at": None,
