@@ -1,23 +1,30 @@
-"""systemd notification: the sd_notify protocol on a real socket, then a real `dispatcher run`."""
+"""systemd notification: the sd_notify protocol on a real socket, then a real `dispatcher run`.
+
+What the daemon sends is asserted as an order of lines, not as times: the test drops marks of
+its own into the same socket ("MARK=..." when it takes a step, "LOG=..." when the code under
+test logs an event the test cares about), and a datagram socket's queue is first in, first out,
+so every line lands exactly between the steps it was sent between.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import signal
 import socket
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pytest
+import structlog.testing
 
 from dispatcher.ops import notify
 from tests.test_lifecycle import daemon, read_log_until
@@ -30,6 +37,7 @@ class NotifySocket:
 
     def __init__(self, name: str, bind_to: str) -> None:
         self.name = name  # the value for $NOTIFY_SOCKET
+        self._address = bind_to
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(bind_to)
         self.received: list[tuple[float, list[str]]] = []
@@ -52,22 +60,61 @@ class NotifySocket:
             self.received.append((time.monotonic(), data.decode().split("\n")))
             self._arrived.set()
 
-    def times_of(self, field: str, since: float = 0.0) -> list[float]:
-        return [at for at, fields in self.received if field in fields and at >= since]
+    def mark(self, line: str) -> None:
+        """Queue `line` now: behind everything sent to the socket before, ahead of the rest."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(line.encode(), self._address)
 
-    async def wait_for(self, field: str, within_s: float, since: float = 0.0) -> float:
-        """Return when a datagram holding the line `field` arrived (at or after `since`)."""
+    def lines(self) -> list[str]:
+        """Every line received so far, in the order the datagrams were queued."""
+        return [line for _, fields in self.received for line in fields]
+
+    def after(self, mark: str | None, until: str | None = None) -> list[str]:
+        """The lines after the first `mark` (all lines if None), up to the first `until`."""
+        lines = self.lines()
+        if mark is not None:
+            lines = lines[lines.index(mark) + 1 :] if mark in lines else []
+        return lines[: lines.index(until)] if until in lines else lines
+
+    def times_of(self, line: str) -> list[float]:
+        """When each datagram holding `line` was read (by this process's clock)."""
+        return [at for at, fields in self.received if line in fields]
+
+    async def wait_for(
+        self, line: str, within_s: float = 20.0, after: str | None = None, count: int = 1
+    ) -> None:
+        """Wait until `line` has arrived `count` times after the line `after` (if given)."""
         async with asyncio.timeout(within_s):
-            while not self.times_of(field, since):
+            while self.after(after).count(line) < count:
                 self._arrived.clear()
                 await self._arrived.wait()
-        return self.times_of(field, since)[0]
 
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         self.sock.close()
+
+
+@contextlib.contextmanager
+def marking_logs(ns: NotifySocket, *events: str) -> Iterator[list[dict[str, Any]]]:
+    """Capture structlog events, and queue "LOG=<event>" on `ns` as each of `events` is logged.
+
+    The mark is sent inside the logging call, so it lands in order with the pings around it.
+    """
+
+    def mark(logger: object, method: str, event: MutableMapping[str, Any]) -> Any:
+        if event.get("event") in events:
+            ns.mark(f"LOG={event['event']}")
+        return event
+
+    with structlog.testing.capture_logs() as logs:
+        # capture_logs keeps structlog's one list of processors; put ours ahead of its capture.
+        structlog.get_config()["processors"].insert(0, mark)
+        yield logs
+
+
+WATCHDOG_LOGS = ("watchdog_withheld", "watchdog_resumed")
 
 
 @pytest.fixture
@@ -166,29 +213,30 @@ async def test_keep_alive_pings_only_while_the_probe_answers(
         await answering.wait()  # a wedged pool: the round trip never completes
 
     period = 0.05
-    task = asyncio.create_task(notify.keep_alive(timedelta(seconds=period), probe))
-    try:
-        async with asyncio.timeout(10):
-            await path_socket.wait_for("WATCHDOG=1", within_s=1)
-            healthy_until = time.monotonic()
-            await asyncio.sleep(5 * period)
-            assert len(path_socket.times_of("WATCHDOG=1")) >= 4
+    with marking_logs(path_socket, *WATCHDOG_LOGS):
+        task = asyncio.create_task(notify.keep_alive(timedelta(seconds=period), probe))
+        try:
+            async with asyncio.timeout(60):
+                await path_socket.wait_for("WATCHDOG=1", count=3)
+                answering.clear()
+                path_socket.mark("MARK=wedged")
+                await path_socket.wait_for("LOG=watchdog_withheld", after="MARK=wedged")
+                # A negative check: 20 intervals in which nothing may be sent.
+                await asyncio.sleep(20 * period)
+                path_socket.mark("MARK=answering")
+                answering.set()
+                await path_socket.wait_for("WATCHDOG=1", after="LOG=watchdog_resumed")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await path_socket.close()
 
-            answering.clear()
-            wedged_at = time.monotonic()
-            # One hung probe is forgiven; after 2.5 intervals of silence the pings stop.
-            await asyncio.sleep(8 * period)
-            late = path_socket.times_of("WATCHDOG=1", since=wedged_at + 4 * period)
-            assert late == [], "pinged while the database had not answered for 4 intervals"
-            assert path_socket.times_of("WATCHDOG=1", since=healthy_until)
-
-            answering.set()
-            resumed_at = time.monotonic()
-            await path_socket.wait_for("WATCHDOG=1", within_s=4 * period, since=resumed_at)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await path_socket.close()
+    assert path_socket.after(None, until="MARK=wedged").count("WATCHDOG=1") >= 3
+    # Withheld once, not once per interval; then silent until the probe answered again.
+    assert path_socket.lines().count("LOG=watchdog_withheld") == 1
+    withheld = path_socket.after("LOG=watchdog_withheld", until="LOG=watchdog_resumed")
+    assert withheld == ["MARK=answering"]
+    assert path_socket.after("LOG=watchdog_resumed")[0] == "WATCHDOG=1"
 
 
 async def test_keep_alive_forgives_listed_failures_and_dies_on_others(
@@ -207,15 +255,24 @@ async def test_keep_alive_forgives_listed_failures_and_dies_on_others(
             raise RuntimeError("a bug, not an outage")
 
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             with pytest.raises(RuntimeError):
                 await notify.keep_alive(timedelta(seconds=0.02), probe, (OSError,))
-        # Calls 1, 2 (forgiven), 3 and 4 pinged; the bug ended the task before a fifth ping.
-        await path_socket.wait_for("WATCHDOG=1", within_s=1)
-        await asyncio.sleep(0.05)
-        assert len(path_socket.times_of("WATCHDOG=1")) == 4
+            # The task has ended: whatever it sent is queued ahead of this mark.
+            path_socket.mark("MARK=ended")
+            await path_socket.wait_for("MARK=ended")
     finally:
         await path_socket.close()
+    # Calls 1, 2 (forgiven, and said so), 3 and 4 pinged; the bug ended the task before a ping.
+    assert path_socket.lines() == [
+        "WATCHDOG=1",
+        "STATUS=database unreachable: ConnectionRefusedError; reconnecting",
+        "WATCHDOG=1",
+        "STATUS=delivering",
+        "WATCHDOG=1",
+        "WATCHDOG=1",
+        "MARK=ended",
+    ]
 
 
 async def test_keep_alive_keeps_pinging_through_an_outage_and_says_so(
@@ -231,23 +288,23 @@ async def test_keep_alive_keeps_pinging_through_an_outage_and_says_so(
         if down.is_set():
             raise ConnectionRefusedError("connection refused")
 
+    unreachable = "STATUS=database unreachable: ConnectionRefusedError; reconnecting"
     period = 0.03
     task = asyncio.create_task(notify.keep_alive(timedelta(seconds=period), probe, (OSError,)))
     try:
-        async with asyncio.timeout(10):
-            await path_socket.wait_for(
-                "STATUS=database unreachable: ConnectionRefusedError; reconnecting", within_s=1
-            )
-            start = time.monotonic()
-            await asyncio.sleep(10 * period)
-            assert len(path_socket.times_of("WATCHDOG=1", since=start)) >= 6
+        async with asyncio.timeout(60):
+            await path_socket.wait_for("WATCHDOG=1", after=unreachable, count=6)
+            path_socket.mark("MARK=back")
             down.clear()
-            await path_socket.wait_for("STATUS=delivering", within_s=1)
+            await path_socket.wait_for("STATUS=delivering", after="MARK=back")
+            await path_socket.wait_for("WATCHDOG=1", after="STATUS=delivering")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await path_socket.close()
+    # Down the whole time before the mark: every ping there came with the outage status.
+    assert "STATUS=delivering" not in path_socket.after(None, until="MARK=back")
 
 
 # -- a real `dispatcher run` ----------------------------------------------------------------
@@ -259,10 +316,6 @@ def systemd_env(ns: NotifySocket) -> dict[str, str]:
     return {"NOTIFY_SOCKET": ns.name, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
 
 
-def largest_gap(times: list[float]) -> float:
-    return max(b - a for a, b in itertools.pairwise(times))
-
-
 @pytest.mark.slow
 async def test_run_notifies_ready_then_watchdog_then_stopping(
     dsn: str, path_socket: NotifySocket
@@ -271,25 +324,28 @@ async def test_run_notifies_ready_then_watchdog_then_stopping(
     try:
         async with daemon(dsn, **systemd_env(path_socket)) as proc:
             await read_log_until(proc, "daemon_started")
-            ready_at = await path_socket.wait_for("READY=1", within_s=10)
-            assert not path_socket.times_of("STOPPING=1")
+            await path_socket.wait_for("READY=1")
+            await path_socket.wait_for("WATCHDOG=1", after="READY=1", count=3)
+            assert "STOPPING=1" not in path_socket.lines()
 
-            await asyncio.sleep(3)
-            pings = path_socket.times_of("WATCHDOG=1", since=ready_at - 0.1)
-            assert len(pings) >= 5
-            assert pings[0] - ready_at < 0.6
-            assert largest_gap([ready_at, *pings, time.monotonic()]) < 0.6 + 0.15
-
-            signalled_at = time.monotonic()
+            path_socket.mark("MARK=signalled")
             proc.send_signal(signal.SIGTERM)
-            await path_socket.wait_for("STOPPING=1", within_s=5, since=signalled_at)
-            async with asyncio.timeout(15):
+            await path_socket.wait_for("STOPPING=1", after="MARK=signalled")
+            async with asyncio.timeout(30):
                 assert await proc.wait() == 0
+            path_socket.mark("MARK=exited")
+            await path_socket.wait_for("MARK=exited")
     finally:
         await path_socket.close()
-    assert [fields for _, fields in path_socket.received].count(
-        ["READY=1", "STATUS=delivering"]
-    ) == 1
+    lines = path_socket.lines()
+    # READY once, before the first ping; STOPPING once, and after it nothing but pings until
+    # the side tasks stop (no second READY, no STATUS saying it delivers again).
+    assert lines.count("READY=1") == 1
+    assert lines.index("READY=1") < lines.index("WATCHDOG=1")
+    assert lines.count("STOPPING=1") == 1
+    stopped = path_socket.after("STOPPING=1", until="MARK=exited")
+    assert stopped[0] == "STATUS=draining in-flight attempts"
+    assert set(stopped[1:]) <= {"WATCHDOG=1"}, stopped
 
 
 @pytest.mark.slow
@@ -300,20 +356,24 @@ async def test_run_without_a_database_retries_and_never_reports_ready(
     try:
         async with daemon(CLOSED_PORT_DSN, **systemd_env(path_socket)) as proc:
             await read_log_until(proc, "database_unavailable")
-            await path_socket.wait_for("STATUS=waiting for the database", within_s=5)
-            await read_log_until(proc, "database_unavailable")  # it keeps retrying
-            await asyncio.sleep(1)
+            await path_socket.wait_for("STATUS=waiting for the database")
+            # It keeps retrying (the retries wait 0.25 s, then 0.5 s, ...).
+            await read_log_until(proc, "database_unavailable")
+            await read_log_until(proc, "database_unavailable")
             assert proc.returncode is None
-            assert not path_socket.times_of("READY=1")
-            assert not path_socket.times_of("WATCHDOG=1")
 
             proc.send_signal(signal.SIGTERM)
-            await path_socket.wait_for("STOPPING=1", within_s=5)
-            async with asyncio.timeout(10):
+            await path_socket.wait_for("STOPPING=1")
+            async with asyncio.timeout(30):
                 assert await proc.wait() == 0
+            path_socket.mark("MARK=exited")
+            await path_socket.wait_for("MARK=exited")
     finally:
         await path_socket.close()
-    assert not path_socket.times_of("READY=1")
+    # Over its whole life: never ready, so never a ping either.
+    lines = path_socket.lines()
+    assert "READY=1" not in lines
+    assert "WATCHDOG=1" not in lines
 
 
 class FreezableProxy:
@@ -394,22 +454,25 @@ async def test_run_stops_pinging_while_the_database_is_wedged(
             proxied(dsn) as (proxy, proxied_dsn),
             daemon(proxied_dsn, **systemd_env(path_socket)) as proc,
         ):
-            ready_at = await path_socket.wait_for("READY=1", within_s=15)
-            await path_socket.wait_for("WATCHDOG=1", within_s=2, since=ready_at)
+            await path_socket.wait_for("READY=1")
+            await path_socket.wait_for("WATCHDOG=1", after="READY=1")
 
             proxy.freeze()
-            frozen_at = time.monotonic()
-            # Probes start every 0.5 s; after 1.25 s without an answer the pings stop.
-            await read_log_until(proc, "watchdog_withheld", within_s=5)
+            # Probes start every 0.5 s; after 1.25 s without an answer the pings stop. The log
+            # line is written after the last ping, so every ping comes before this mark.
+            await read_log_until(proc, "watchdog_withheld")
+            path_socket.mark("MARK=withheld")
+            # A negative check: three intervals in which no ping may come.
             await asyncio.sleep(1.5)
-            assert not path_socket.times_of("WATCHDOG=1", since=frozen_at + 2.0)
 
+            path_socket.mark("MARK=thawed")
             proxy.thaw()
-            thawed_at = time.monotonic()
-            await path_socket.wait_for("WATCHDOG=1", within_s=10, since=thawed_at)
+            await read_log_until(proc, "watchdog_resumed")
+            await path_socket.wait_for("WATCHDOG=1", after="MARK=thawed")
 
             proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(30):
                 assert await proc.wait() == 0
     finally:
         await path_socket.close()
+    assert path_socket.after("MARK=withheld", until="MARK=thawed") == []
