@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -237,6 +238,86 @@ async def test_keep_alive_pings_only_while_the_probe_answers(
     withheld = path_socket.after("LOG=watchdog_withheld", until="LOG=watchdog_resumed")
     assert withheld == ["MARK=answering"]
     assert path_socket.after("LOG=watchdog_resumed")[0] == "WATCHDOG=1"
+
+
+async def test_keep_alive_pings_on_the_beat_and_forgives_one_hung_probe(
+    path_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ping per interval, even while a probe hangs; the pings stop only after the second.
+
+    systemd kills the service when no ping comes within WatchdogSec, two intervals. The one
+    test here where the time between pings is the point, so the interval is long (1 s): a
+    scheduling delay would have to reach half of it to change the outcome.
+    """
+    monkeypatch.setenv("NOTIFY_SOCKET", path_socket.name)
+    path_socket.start_reading()
+    released = asyncio.Event()
+    calls = 0
+
+    async def probe() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            path_socket.mark("MARK=probe 3 hangs")
+            await released.wait()
+
+    period = 1.0
+    with marking_logs(path_socket, *WATCHDOG_LOGS):
+        task = asyncio.create_task(notify.keep_alive(timedelta(seconds=period), probe))
+        try:
+            async with asyncio.timeout(60):
+                await path_socket.wait_for("LOG=watchdog_withheld", within_s=30)
+                path_socket.mark("MARK=released")
+                released.set()
+                await path_socket.wait_for("WATCHDOG=1", after="LOG=watchdog_resumed")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await path_socket.close()
+
+    assert path_socket.lines()[:8] == [
+        "WATCHDOG=1",  # probe 1 answered
+        "WATCHDOG=1",  # probe 2 answered
+        "MARK=probe 3 hangs",
+        "WATCHDOG=1",  # forgiven: one interval of it, two since the last answer
+        "LOG=watchdog_withheld",  # two intervals of it: wedged
+        "MARK=released",
+        "LOG=watchdog_resumed",
+        "WATCHDOG=1",
+    ]
+    # The forgiven ping keeps the beat too: with half an interval to spare, never near the two
+    # intervals after which systemd would kill the service.
+    pings = path_socket.times_of("WATCHDOG=1")[:3]
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 1.5 * period, pings
+
+
+async def test_keep_alive_pings_for_an_answer_even_if_the_loop_stalls_after_it(
+    path_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe that answered vouches for its interval: a stall on the way to the beat (here
+    the loop blocked for four intervals, half an interval after probe 2 answered) withholds
+    nothing."""
+    monkeypatch.setenv("NOTIFY_SOCKET", path_socket.name)
+    path_socket.start_reading()
+    period = 0.05
+    calls = 0
+
+    async def probe() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            asyncio.get_running_loop().call_later(period / 2, time.sleep, 4 * period)
+
+    with marking_logs(path_socket, *WATCHDOG_LOGS):
+        task = asyncio.create_task(notify.keep_alive(timedelta(seconds=period), probe))
+        try:
+            async with asyncio.timeout(60):
+                await path_socket.wait_for("WATCHDOG=1", count=4)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await path_socket.close()
+    assert path_socket.lines()[:4] == ["WATCHDOG=1"] * 4
 
 
 async def test_keep_alive_forgives_listed_failures_and_dies_on_others(

@@ -104,6 +104,10 @@ async def keep_alive(
     times the watchdog timeout) means a wedged pool: the pings stop and systemd restarts the
     service one watchdog timeout later. A blocked event loop stops them too, since this runs on
     it. Anything else the probe raises ends the task. Never returns.
+
+    The pings keep one beat, one at the end of each interval, however long the probe takes: a
+    ping sent as soon as a quick probe answered and the next one only when a slow probe's
+    interval ran out would be two intervals apart, which is the watchdog timeout itself.
     """
     period = interval.total_seconds()
     last_ok = time.monotonic()
@@ -113,12 +117,15 @@ async def keep_alive(
     # server to confirm a cancel), so it runs as its own task and is not awaited past `period`;
     # while it is stuck, no second one is started.
     pending: asyncio.Task[object] | None = None
+    beat = time.monotonic()
     try:
         while True:
-            started = time.monotonic()
+            # The next ping is due one interval after the last was (at once if this loop fell
+            # behind, e.g. while the event loop was blocked).
+            beat = max(beat + period, time.monotonic())
             if pending is None:
                 pending = asyncio.create_task(probe(), name="watchdog-probe")
-            done, _ = await asyncio.wait({pending}, timeout=period)
+            done, _ = await asyncio.wait({pending}, timeout=max(0.0, beat - time.monotonic()))
             failure = f"no answer within {period:g} s"
             if done:
                 exc = pending.exception()
@@ -134,8 +141,11 @@ async def keep_alive(
                     down = True
                 else:
                     raise exc
+            await asyncio.sleep(max(0.0, beat - time.monotonic()))
             silent_s = time.monotonic() - last_ok
-            if silent_s <= _SILENCE_FORGIVEN * period:
+            # A probe that answered in this interval vouches for it, however long the sleep
+            # to the beat took (a loop starved for a moment is not a wedged pool).
+            if done or silent_s <= _SILENCE_FORGIVEN * period:
                 if withheld:
                     log.info("watchdog_resumed")
                     withheld = False
@@ -148,7 +158,6 @@ async def keep_alive(
                     note="systemd restarts the service if no ping follows within WatchdogSec",
                 )
                 withheld = True
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
     finally:
         if pending is not None:
             pending.cancel()
