@@ -84,8 +84,15 @@ async def test_bulk_insert_fans_out_in_one_statement_with_one_notify(
     await add_webhook(db, "http://c.example/", ["bulk.other"])
 
     notes: list[str] = []
+    marked = asyncio.Event()
+
+    def note(*args: object) -> None:
+        notes.append(str(args[3]))
+        if args[3] == "marker":
+            marked.set()
+
     listen = await asyncpg.connect(dsn)
-    await listen.add_listener("dispatcher_deliveries", lambda *args: notes.append(args[3]))
+    await listen.add_listener("dispatcher_deliveries", note)
     try:
         async with db.acquire() as conn, conn.transaction():
             status = await conn.execute(
@@ -95,12 +102,16 @@ async def test_bulk_insert_fans_out_in_one_statement_with_one_notify(
             assert status == "INSERT 0 10000"
             # Already fanned out when the one statement returns, before commit.
             assert await conn.fetchval("SELECT count(*) FROM dispatcher.deliveries") == 20000
-        await asyncio.sleep(0.2)
+        # Listeners get notifications in commit order: once this one arrives, every one the
+        # insert sent has arrived before it.
+        await db.execute("NOTIFY dispatcher_deliveries, 'marker'")
+        async with asyncio.timeout(20):
+            await marked.wait()
     finally:
         await listen.close()
 
     assert await deliveries_by_webhook(db) == {a: 10000, star: 10000}
-    assert len(notes) == 1
+    assert notes == ["", "marker"]
     # The trigger is statement-level, not one call per row.
     tgtype = await db.fetchval("SELECT tgtype FROM pg_trigger WHERE tgname = 'events_fan_out'")
     assert tgtype & 1 == 0  # TRIGGER_TYPE_ROW bit clear
