@@ -64,6 +64,24 @@ def received_ids(receiver: Receiver) -> Counter[str]:
     return Counter(r.headers["webhook-id"] for r in receiver.requests)
 
 
+async def listening(db: asyncpg.Pool) -> bool:
+    """Whether a daemon holds its LISTEN connection to this database."""
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'webhook-dispatcher-listen'"
+    )
+    return count == 1
+
+
+async def logged(logs: list[dict[str, Any]], event: str, count: int) -> None:
+    """Wait until `event` has been logged `count` times."""
+
+    async def enough() -> bool:
+        return sum(e["event"] == event for e in logs) >= count
+
+    await eventually(enough, within_s=30)
+
+
 async def test_survives_terminated_backends_and_delivers_everything(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
@@ -79,9 +97,11 @@ async def test_survives_terminated_backends_and_delivers_everything(
         assert killed >= 2  # the pool's connections and the LISTEN connection
         await eventually(lambda: all_succeeded(db, 400), within_s=60)
         assert not task.done()
-        # The LISTEN connection came back: a new event is picked up without a poll.
+        # The LISTEN connection came back, and a new event is still delivered (that a NOTIFY
+        # wakes the daemon is tests/test_wakeups.py's to prove).
+        await eventually(lambda: listening(db))
         await db.execute("SELECT dispatcher.publish('t.x', '{}')")
-        await eventually(lambda: all_succeeded(db, 401), within_s=10)
+        await eventually(lambda: all_succeeded(db, 401), within_s=30)
     assert set(received_ids(receiver)) == await message_ids(db)
 
 
@@ -163,7 +183,9 @@ async def test_survives_a_full_server_restart(
             await receiver.wait_for(50)
             await db.close()
             await asyncio.to_thread(private_server.stop)
-            await asyncio.sleep(2)  # the daemon keeps trying while the server is down
+            # The daemon keeps trying while the server is down: two more failed tries, and on.
+            seen = sum(e["event"] == "database_unavailable" for e in logs)
+            await logged(logs, "database_unavailable", seen + 2)
             assert not task.done()
             await asyncio.to_thread(private_server.start)
             db = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
@@ -188,12 +210,13 @@ async def test_started_while_the_database_is_down_it_waits_then_delivers(
     await db.close()
     await asyncio.to_thread(private_server.stop)
 
-    async with running(fast_settings(), dsn) as task:
-        await asyncio.sleep(2)
-        assert not task.done()
-        assert receiver.requests == []
-        await asyncio.to_thread(private_server.start)
-        await receiver.wait_for(20, within_s=60)
+    with structlog.testing.capture_logs() as logs:
+        async with running(fast_settings(), dsn) as task:
+            await logged(logs, "database_unavailable", 2)  # it waits, retrying
+            assert not task.done()
+            assert receiver.requests == []
+            await asyncio.to_thread(private_server.start)
+            await receiver.wait_for(20, within_s=60)
     assert len(received_ids(receiver)) == 20
 
 
@@ -250,6 +273,14 @@ async def test_kill_9_loses_nothing_and_duplicates_stay_within_what_was_leased(
 async def test_two_instances_share_the_work_and_never_hold_one_delivery_twice(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:
+    """Two daemons on one database: every delivery is sent once, never by both at a time.
+
+    Each sends from its own address. The receiver answers nothing until both have a request in
+    flight, so the two are proven to work side by side, however the CPU is shared between
+    them, and the rest of the work is shared however it falls.
+    """
+    sources = {"127.0.0.2", "127.0.0.3"}
+    both_sending = asyncio.Event()
     in_progress: Counter[str] = Counter()
     overlaps: list[str] = []
 
@@ -259,7 +290,11 @@ async def test_two_instances_share_the_work_and_never_hold_one_delivery_twice(
         if in_progress[mid] > 1:
             overlaps.append(mid)
         try:
-            await asyncio.sleep(0.005)
+            # Until the gate opens nothing is answered, so every request seen is in flight.
+            if {r.remote for r in rec.requests} >= sources:
+                both_sending.set()
+            await both_sending.wait()
+            await asyncio.sleep(0.005)  # held a moment, so that a second copy would overlap
             return web.Response(text="ok")
         finally:
             in_progress[mid] -= 1
@@ -267,11 +302,24 @@ async def test_two_instances_share_the_work_and_never_hold_one_delivery_twice(
     receiver.handler = handler
     await add_webhook(db, receiver.url, ["t.x"])
     await publish_many(db, 2000)
-    env = {"DISPATCHER_MAX_IN_FLIGHT": "32", "DISPATCHER_PER_ENDPOINT_CONCURRENCY": "32"}
+    env = {
+        # The webhook's cap holds over both instances together (tests/test_endpoint_caps.py):
+        # each may fill only half of it, so neither can hold every slot and shut the other out.
+        "DISPATCHER_MAX_IN_FLIGHT": "16",
+        "DISPATCHER_PER_ENDPOINT_CONCURRENCY": "32",
+        # Longer than the wait below: a request held at the gate never times out into a retry.
+        "DISPATCHER_REQUEST_TIMEOUT_S": "90",
+    }
     async with (
         quiet_daemon(dsn, **env, DISPATCHER_BIND_ADDRESS="127.0.0.2") as a,
         quiet_daemon(dsn, **env, DISPATCHER_BIND_ADDRESS="127.0.0.3") as b,
     ):
+        try:
+            async with asyncio.timeout(60):
+                await both_sending.wait()
+        except TimeoutError:
+            seen = Counter(r.remote for r in receiver.requests)
+            pytest.fail(f"both instances never had a request in flight at once: {seen}")
         await eventually(lambda: all_succeeded(db, 2000), within_s=120)
         for proc in (a, b):
             proc.send_signal(signal.SIGTERM)
@@ -281,6 +329,4 @@ async def test_two_instances_share_the_work_and_never_hold_one_delivery_twice(
     assert overlaps == []
     received = received_ids(receiver)
     assert len(received) == 2000 and sum(received.values()) == 2000
-    # Both instances did part of the work (each sends from its own source address).
-    sources = Counter(r.remote for r in receiver.requests)
-    assert set(sources) == {"127.0.0.2", "127.0.0.3"}
+    assert {r.remote for r in receiver.requests} == sources
