@@ -1,6 +1,6 @@
 """The per-webhook rate limit: a token bucket in the database that every instance shares. Rows
-wait, due and unleased, until a token is free; counts are asserted over a window, never the
-timing of single requests."""
+wait, due and unleased, until a token is free; counts are asserted over a window (as an upper
+bound, which a slow machine cannot break), never the timing of single requests."""
 
 from __future__ import annotations
 
@@ -54,12 +54,15 @@ async def measure(
 
 def assert_limited(in_window: int, most_leased: int) -> None:
     # A full bucket (capacity RATE) at the start, then RATE a second; one request of slack.
+    # A slow machine only lowers the count.
     assert in_window <= RATE + RATE * WINDOW_S + 1, in_window
-    # More than the first bucket: tokens come back and the rows keep flowing (a slow start
-    # of the daemon only lowers this).
-    assert in_window > RATE, in_window
     # Rows are leased only against tokens, never leased and parked until one is free.
     assert most_leased <= RATE + 1, most_leased
+
+
+async def tokens_come_back(receiver: Receiver) -> None:
+    """Wait for twice the first bucket: tokens come back and the rows keep flowing."""
+    await receiver.wait_for(int(2 * RATE) + 1, within_s=30)
 
 
 @pytest.mark.slow
@@ -71,6 +74,7 @@ async def test_rate_limit_caps_requests_in_a_window_and_rows_wait_unleased(
     started = time.monotonic()
     async with running(fast_settings(), dsn):
         in_window, most_leased = await measure(db, receiver, wid, started)
+        await tokens_come_back(receiver)
         state = await health(db, wid)
 
     assert_limited(in_window, most_leased)
@@ -98,6 +102,7 @@ async def test_two_instances_share_one_rate_limit(
         for source in ("127.0.0.2", "127.0.0.3"):
             await stack.enter_async_context(running(fast_settings(bind_address=source), dsn))
         in_window, most_leased = await measure(db, receiver, wid, started)
+        await tokens_come_back(receiver)
 
     assert_limited(in_window, most_leased)
     assert await db.fetchval("SELECT max(attempts) FROM dispatcher.deliveries") == 1
