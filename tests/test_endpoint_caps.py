@@ -85,12 +85,6 @@ async def test_four_instances_never_exceed_a_webhooks_cap_together(
     receiver.handler = meter
     own = await capped_webhook(db, f"{receiver.url}/own", 3, "t.own")
     default = await capped_webhook(db, f"{receiver.url}/default", None, "t.default")
-    await db.execute(
-        "INSERT INTO dispatcher.events (event_type, payload)"
-        " SELECT t, jsonb_build_object('i', i)"
-        " FROM generate_series(1, $1) i, unnest('{t.own,t.default}'::text[]) t",
-        EVENTS,
-    )
 
     async with AsyncExitStack() as stack:
         for n in range(INSTANCES):
@@ -105,6 +99,22 @@ async def test_four_instances_never_exceed_a_webhooks_cap_together(
                     DISPATCHER_BIND_ADDRESS=f"127.0.0.{2 + n}",
                 )
             )
+
+        # Publish once all four are up, so that none starts after the others took the work.
+        async def listening() -> bool:
+            count: int = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'webhook-dispatcher-listen'"
+            )
+            return count == INSTANCES
+
+        await eventually(listening, within_s=60)
+        await db.execute(
+            "INSERT INTO dispatcher.events (event_type, payload)"
+            " SELECT t, jsonb_build_object('i', i)"
+            " FROM generate_series(1, $1) i, unnest('{t.own,t.default}'::text[]) t",
+            EVENTS,
+        )
 
         async def all_delivered() -> bool:
             done: int = await db.fetchval(
@@ -348,7 +358,7 @@ async def test_migration_009_counts_the_leases_it_finds(
             " UPDATE dispatcher.deliveries d"
             " SET lease_token = CASE WHEN r.n <= 2 THEN gen_random_uuid() END,"
             "     attempts = CASE WHEN r.n <= 3 THEN 1 ELSE 0 END,"
-            "     run_at = CASE r.n WHEN 1 THEN now() + interval '2 s'"
+            "     run_at = CASE r.n WHEN 1 THEN now() + interval '1 hour'"
             "                       WHEN 2 THEN now() - interval '1 minute' ELSE d.run_at END,"
             "     status = CASE WHEN r.n = 3 THEN 'succeeded' ELSE 'pending' END,"
             "     finished_at = CASE WHEN r.n = 3 THEN now() END"
@@ -377,6 +387,16 @@ async def test_migration_009_counts_the_leases_it_finds(
             " FROM dispatcher.webhook_health ORDER BY webhook_id"
         )
         assert [tuple(h) for h in health] == [(r["webhook_id"], 1, r["run_at"], True) for r in live]
+
+        # Two hours on, without waiting for them: the live lease's holder never wrote back.
+        await conn.execute(
+            "UPDATE dispatcher.deliveries SET run_at = run_at - interval '2 hours'"
+            " WHERE lease_token IS NOT NULL"
+        )
+        await conn.execute(
+            "UPDATE dispatcher.webhook_health SET leased_until = leased_until - interval '2 hours',"
+            " slots_reset_at = slots_reset_at - interval '2 hours'"
+        )
     finally:
         await conn.close()
 
