@@ -170,6 +170,7 @@ def test_without_notify_socket_nothing_is_sent(
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert notify.ready() is False
     assert notify.notify("READY=1", environ={"NOTIFY_SOCKET": ""}) is False
+    # A negative check: notify() sends synchronously, so a datagram would already be queued.
     with pytest.raises(TimeoutError):
         path_socket.recv(within_s=0.1)
 
