@@ -244,7 +244,7 @@ async def test_keep_alive_pings_only_while_the_probe_answers(
 async def test_keep_alive_pings_on_the_beat_and_forgives_one_hung_probe(
     path_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One ping per interval, even while a probe hangs; the pings stop only after the second.
+    """Ping once per interval, even while a probe hangs; stop when it has hung two intervals.
 
     systemd kills the service when no ping comes within WatchdogSec, two intervals. The one
     test here where the time between pings is the point, so the interval is long (1 s): a
@@ -280,8 +280,8 @@ async def test_keep_alive_pings_on_the_beat_and_forgives_one_hung_probe(
         "WATCHDOG=1",  # probe 1 answered
         "WATCHDOG=1",  # probe 2 answered
         "MARK=probe 3 hangs",
-        "WATCHDOG=1",  # forgiven: one interval of it, two since the last answer
-        "LOG=watchdog_withheld",  # two intervals of it: wedged
+        "WATCHDOG=1",  # hung for one interval (two since an answer): forgiven
+        "LOG=watchdog_withheld",  # hung for two: wedged
         "MARK=released",
         "LOG=watchdog_resumed",
         "WATCHDOG=1",
