@@ -232,10 +232,14 @@ async def test_slow_endpoint_does_not_delay_a_fast_one(
         "INSERT INTO dispatcher.events (event_type, payload)"
         " SELECT 'fast.x', '{}' FROM generate_series(1, 100)"
     )
-    settings = fast_settings(max_in_flight=16, per_endpoint_concurrency=4, lease_batch_size=16)
-    daemon = asyncio.create_task(deliver_all(settings, dsn, within_s=60))
+    # The slow endpoint's requests are held until the fast ones are in: they must not time
+    # out (and be sent again) first, however slowly the machine gets through the fast ones.
+    settings = fast_settings(
+        max_in_flight=16, per_endpoint_concurrency=4, lease_batch_size=16, request_timeout_s=90
+    )
+    daemon = asyncio.create_task(deliver_all(settings, dsn, within_s=100))
     try:
-        await receiver.wait_for(100, "/fast")
+        await receiver.wait_for(100, "/fast", within_s=60)
         # Every fast delivery arrived while the slow endpoint still held all its requests,
         # and the slow one never had more than its cap in flight.
         assert len(receiver.on("/slow")) == 4
