@@ -241,6 +241,7 @@ async def test_keep_alive_pings_only_while_the_probe_answers(
     assert path_socket.after("LOG=watchdog_resumed")[0] == "WATCHDOG=1"
 
 
+@pytest.mark.slow
 async def test_keep_alive_pings_on_the_beat_and_forgives_one_hung_probe(
     path_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
