@@ -1,16 +1,16 @@
 """How soon an idle daemon acts on new work: the timing figures the tests only bound loosely.
 
-The tests prove each wake-up happens far inside a 30 s poll (tests/test_wakeups.py) and that
-the watchdog keeps pinging; how soon, in milliseconds, is a figure for this file, which prints
-it instead of failing on a busy machine. One `dispatcher run` process with a 30 s poll idles on
-an empty table, then, one at a time with a pause between them:
+The tests prove each wake-up happens far inside a 30 s poll (tests/test_wakeups.py); how soon,
+in milliseconds, is a figure for this file, which prints it instead of failing on a busy
+machine (benchmarks/watchdog.py does the same for the watchdog's pings).
+
+One `dispatcher run` process with a 30 s poll idles on an empty table, then, one at a time with
+a pause between them:
 
   publish   an event is published; time from the INSERT returning to its arrival
   retry     the receiver fails an event's first attempt; retry_schedule is 1 s; how late the
             retry arrives after the first attempt plus that 1 s
   resend    a delivered event is resent (the CLI's code path); time from the call to arrival
-  watchdog  the daemon runs with WATCHDOG_USEC=2 s, so pings are due every 1 s; the gaps
-            between the pings it sends while the three scenarios above run
 
     python -m benchmarks.wakeups [--samples 40] [--database-url postgresql://...]
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,6 @@ from dispatcher.ops import migrate
 
 POLL_S = 30.0
 RETRY_DELAY_S = 1.0
-WATCHDOG_USEC = 2_000_000
 
 
 class Arrivals:
@@ -66,25 +64,6 @@ class Arrivals:
         return self.times[message_id][count - 1]
 
 
-class WatchdogPings:
-    """A datagram socket standing in for systemd's $NOTIFY_SOCKET; records WATCHDOG=1 times."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.times = path, list[float]()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-
-    def drain(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                return
-            if b"WATCHDOG=1" in data:
-                self.times.append(time.time())
-
-
 def figures(name: str, values_ms: list[float]) -> str:
     values = sorted(values_ms)
     p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
@@ -103,7 +82,6 @@ async def measure(admin_dsn: str, samples: int, workdir: Path) -> None:
     arrivals = Arrivals()
     runner = web.AppRunner(web.Application(), access_log=None)
     runner.app.router.add_route("POST", "/{tail:.*}", arrivals.handle)
-    pings = WatchdogPings(workdir / "notify.sock")
     try:
         await migrate.apply_migrations(conn)
         await runner.setup()
@@ -129,12 +107,8 @@ async def measure(admin_dsn: str, samples: int, workdir: Path) -> None:
             "DISPATCHER_POLL_INTERVAL_S": str(POLL_S),
             "DISPATCHER_RETRY_SCHEDULE": str(RETRY_DELAY_S),
             "DISPATCHER_THROTTLE_MIN_DELAY_S": "0",
-            "NOTIFY_SOCKET": str(pings.path),
-            "WATCHDOG_USEC": str(WATCHDOG_USEC),
         }
         async with daemon_process(env, workdir / "daemon.log", grace_s=10) as daemon:
-            loop = asyncio.get_running_loop()
-            loop.add_reader(pings.sock.fileno(), pings.drain)
             await asyncio.sleep(3)  # let it start and go idle on the empty table
             results: dict[str, list[float]] = defaultdict(list)
             for _ in range(samples):
@@ -154,21 +128,14 @@ async def measure(admin_dsn: str, samples: int, workdir: Path) -> None:
                 await history.resend_event(conn, uuid.UUID(mid), fail_id)
                 results["resend"].append((await arrivals.wait(mid, 3) - start) * 1000)
                 await asyncio.sleep(0.2)
-            loop.remove_reader(pings.sock.fileno())
-        gaps = [(b - a) * 1000 for a, b in zip(pings.times, pings.times[1:], strict=False)]
         print(f"poll_interval_s={POLL_S:.0f}; webhooks {ok_id} (ok) and {fail_id} (fail once)")
         for key in ("publish", "retry", "resend"):
             print(figures(key, results[key]))
-        if gaps:
-            print(figures("watchdog", gaps) + f"   (due every {WATCHDOG_USEC / 2e6:.1f} s)")
-        else:
-            print("watchdog  no pings received")
     finally:
         await runner.cleanup()
         await conn.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-        pings.sock.close()
 
 
 def main() -> None:
