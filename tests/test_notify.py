@@ -247,7 +247,8 @@ async def test_keep_alive_pings_on_the_beat_and_forgives_one_hung_probe(
 ) -> None:
     """Ping once per interval, even while a probe hangs; stop when it has hung two intervals.
 
-    systemd kills the service when no ping comes within WatchdogSec, two intervals. The one
+    A probe that fails fast (the database refused) is an answer too: the silence counts from
+    it. systemd kills the service when no ping comes within WatchdogSec, two intervals. The one
     test here where the time between pings is the point, so the interval is long (1 s): a
     scheduling delay would have to reach half of it to change the outcome.
     """
@@ -259,6 +260,8 @@ async def test_keep_alive_pings_on_the_beat_and_forgives_one_hung_probe(
     async def probe() -> None:
         nonlocal calls
         calls += 1
+        if calls == 2:
+            raise ConnectionRefusedError("database restarting")
         if calls == 3:
             path_socket.mark("MARK=probe 3 hangs")
             await released.wait()
@@ -277,13 +280,15 @@ async def test_keep_alive_pings_on_the_beat_and_forgives_one_hung_probe(
             await asyncio.gather(task, return_exceptions=True)
             await path_socket.close()
 
-    assert path_socket.lines()[:8] == [
+    assert path_socket.lines()[:10] == [
         "WATCHDOG=1",  # probe 1 answered
-        "WATCHDOG=1",  # probe 2 answered
+        "STATUS=database unreachable: ConnectionRefusedError; reconnecting",
+        "WATCHDOG=1",  # probe 2 failed fast
         "MARK=probe 3 hangs",
-        "WATCHDOG=1",  # hung for one interval (two since an answer): forgiven
+        "WATCHDOG=1",  # hung for one interval (two since probe 2's answer): forgiven
         "LOG=watchdog_withheld",  # hung for two: wedged
         "MARK=released",
+        "STATUS=delivering",
         "LOG=watchdog_resumed",
         "WATCHDOG=1",
     ]
