@@ -161,6 +161,21 @@ async def expire(db: asyncpg.Pool, *leased: LeasedDelivery) -> None:
     )
 
 
+async def stall_past_deadlines(db: asyncpg.Pool, webhook_id: int, *leased: LeasedDelivery) -> None:
+    """The holder of these leases stalled past them and past the webhook's latest deadline, so
+    the next lease restarts the count; its own record of the deadlines passes with them."""
+    await expire(db, *leased)
+    await db.execute(
+        "UPDATE dispatcher.webhook_health SET leased_until = now() - interval '1 hour'"
+        " WHERE webhook_id = $1",
+        webhook_id,
+    )
+    for d in leased:
+        d.lease_until = await db.fetchval(
+            "SELECT run_at FROM dispatcher.deliveries WHERE id = $1", d.id
+        )
+
+
 RULES = HealthRules.from_settings(fast_settings())
 
 
@@ -233,16 +248,7 @@ async def test_a_late_write_of_a_lease_a_reset_forgot_frees_no_slot(db: asyncpg.
     wid = await events_for(db, cap=3, events=2)
     stalled = (await lease(db)).deliveries
     # Their deadlines pass: in the database, and in the holder's own record of its leases.
-    await expire(db, *stalled)
-    await db.execute(
-        "UPDATE dispatcher.webhook_health SET leased_until = now() - interval '1 hour'"
-        " WHERE webhook_id = $1",
-        wid,
-    )
-    for d in stalled:
-        d.lease_until = await db.fetchval(
-            "SELECT run_at FROM dispatcher.deliveries WHERE id = $1", d.id
-        )
+    await stall_past_deadlines(db, wid, *stalled)
 
     # Another instance resets the count and takes one of the rows: its slot is counted anew.
     [taken] = (await lease(db, 1)).deliveries

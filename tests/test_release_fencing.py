@@ -17,7 +17,14 @@ import asyncpg
 
 from dispatcher import store
 from tests.conftest import Receiver, add_webhook, daemon_process, publish
-from tests.test_endpoint_caps import events_for, expire, in_flight, lease, write
+from tests.test_endpoint_caps import (
+    events_for,
+    expire,
+    in_flight,
+    lease,
+    stall_past_deadlines,
+    write,
+)
 from tests.test_lifecycle import holding, read_log_until
 
 
@@ -91,17 +98,7 @@ async def test_a_late_release_of_a_lease_a_reset_forgot_frees_no_slot(db: asyncp
     counted) but frees no slot for it, and leaves the taken one alone."""
     wid = await events_for(db, cap=3, events=2)
     stalled = (await lease(db)).deliveries
-    await expire(db, *stalled)
-    await db.execute(
-        "UPDATE dispatcher.webhook_health SET leased_until = now() - interval '1 hour'"
-        " WHERE webhook_id = $1",
-        wid,
-    )
-    # The holder's own record of its deadlines passes with them.
-    for d in stalled:
-        d.lease_until = await db.fetchval(
-            "SELECT run_at FROM dispatcher.deliveries WHERE id = $1", d.id
-        )
+    await stall_past_deadlines(db, wid, *stalled)
 
     [taken] = (await lease(db, 1)).deliveries
     assert await in_flight(db, wid) == 1

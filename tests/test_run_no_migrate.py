@@ -11,15 +11,12 @@ import asyncio
 import os
 import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
 from dispatcher.ops import migrate
-from tests.conftest import _drop, with_database
 from tests.test_lifecycle import read_log_until
 
 # Every table, column and function of the dispatcher schema, and the migrations recorded.
@@ -31,19 +28,6 @@ SELECT (SELECT coalesce(array_agg(c.table_name || '.' || c.column_name ORDER BY 
        to_regclass('dispatcher.schema_migrations') IS NOT NULL AS has_migrations_table
 """
 APPLIED = "SELECT version, name, applied_at FROM dispatcher.schema_migrations ORDER BY version"
-
-
-@pytest.fixture
-async def fresh_dsn(server_dsn: str) -> AsyncIterator[str]:
-    """An empty database of its own: no dispatcher schema at all."""
-    name = f"dispatcher_nomig_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(server_dsn, name)
-    await _drop(server_dsn, name)
 
 
 async def dispatcher(dsn: str, *args: str) -> asyncio.subprocess.Process:
@@ -97,32 +81,32 @@ def refusal(lines: list[str]) -> str:
 
 
 async def test_an_outdated_schema_is_refused_and_left_as_it_is(
-    fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     *older, last = migrate.migrations()
-    conn = await asyncpg.connect(fresh_dsn)
+    conn = await asyncpg.connect(empty_dsn)
     try:
         monkeypatch.setattr(migrate, "migrations", lambda: older)
         await migrate.apply_migrations(conn)
         monkeypatch.undo()
     finally:
         await conn.close()
-    before = await schema(fresh_dsn)
+    before = await schema(empty_dsn)
     assert [v for v, _, _ in before["applied"]] == [m.version for m in older]
 
-    code, lines = await finished(await dispatcher(fresh_dsn, "run", "--no-migrate"))
+    code, lines = await finished(await dispatcher(empty_dsn, "run", "--no-migrate"))
 
     assert code == 1, lines
     assert refusal(lines) == (
         "error: database schema is not up to date"
         f" (missing {last.version:03d}_{last.name}); run `dispatcher migrate`"
     )
-    assert await schema(fresh_dsn) == before
+    assert await schema(empty_dsn) == before
 
     # What it says to do works, and then the same command starts.
-    code, lines = await finished(await dispatcher(fresh_dsn, "migrate"))
+    code, lines = await finished(await dispatcher(empty_dsn, "migrate"))
     assert (code, lines) == (0, [f"applied {last.version:03d}_{last.name}"])
-    proc = await dispatcher(fresh_dsn, "run", "--no-migrate")
+    proc = await dispatcher(empty_dsn, "run", "--no-migrate")
     try:
         await read_log_until(proc, "daemon_started")
         proc.send_signal(signal.SIGTERM)
@@ -131,15 +115,15 @@ async def test_an_outdated_schema_is_refused_and_left_as_it_is(
     assert code == 0, lines
 
 
-async def test_an_empty_database_is_refused_and_left_empty(fresh_dsn: str) -> None:
-    code, lines = await finished(await dispatcher(fresh_dsn, "run", "--no-migrate"))
+async def test_an_empty_database_is_refused_and_left_empty(empty_dsn: str) -> None:
+    code, lines = await finished(await dispatcher(empty_dsn, "run", "--no-migrate"))
 
     assert code == 1, lines
     names = ", ".join(f"{m.version:03d}_{m.name}" for m in migrate.migrations())
     assert refusal(lines) == (
         f"error: database schema is not up to date (missing {names}); run `dispatcher migrate`"
     )
-    conn = await asyncpg.connect(fresh_dsn)
+    conn = await asyncpg.connect(empty_dsn)
     try:
         assert await conn.fetchval("SELECT to_regnamespace('dispatcher')") is None
     finally:
