@@ -30,6 +30,8 @@ from tests.conftest import (
 )
 from tests.test_lifecycle import holding, read_log_until
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class OwnDatabase:

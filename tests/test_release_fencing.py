@@ -14,6 +14,7 @@ import asyncio
 import signal
 
 import asyncpg
+import pytest
 
 from dispatcher import store
 from tests.conftest import Receiver, add_webhook, daemon_process, publish
@@ -113,6 +114,7 @@ async def test_a_late_release_of_a_lease_a_reset_forgot_frees_no_slot(db: asyncp
     assert await in_flight(db, wid) == 0
 
 
+@pytest.mark.slow
 async def test_a_stopping_daemon_does_not_release_a_lease_another_instance_took(
     db: asyncpg.Pool, dsn: str, receiver: Receiver
 ) -> None:

@@ -19,6 +19,8 @@ import pytest
 from dispatcher.ops import migrate
 from tests.test_lifecycle import read_log_until
 
+pytestmark = pytest.mark.slow
+
 # Every table, column and function of the dispatcher schema, and the migrations recorded.
 SCHEMA = """
 SELECT (SELECT coalesce(array_agg(c.table_name || '.' || c.column_name ORDER BY 1), '{}')

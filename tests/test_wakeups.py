@@ -42,7 +42,11 @@ LEASE_APP = "webhook-dispatcher-lease"
 # A loop that leases again after a wake-up does so within milliseconds.
 QUIET_S = 0.5
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.parametrize("mode", ["in-process", "process"])]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(90),
+    pytest.mark.parametrize("mode", ["in-process", "process"]),
+]
 
 
 @asynccontextmanager
