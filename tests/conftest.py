@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,30 +155,37 @@ async def _drop(server_dsn: str, name: str) -> None:
         await admin.close()
 
 
+@asynccontextmanager
+async def new_database(
+    server_dsn: str, prefix: str, template: str | None = None
+) -> AsyncIterator[str]:
+    """Create a database named `prefix` plus a random suffix (from `template`, if given); yield
+    its DSN; drop it after, even if a connection is left open."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{copy}')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        await _drop(server_dsn, name)
+
+
 @pytest.fixture
 async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"dispatcher_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    yield with_database(server_dsn, name)
-    await _drop(server_dsn, name)
+    async with new_database(server_dsn, "dispatcher_t", template_db) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
     """A new database with no schema at all, named for this test alone and dropped after."""
-    name = f"dispatcher_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(server_dsn, name)
-    await _drop(server_dsn, name)
+    async with new_database(server_dsn, "dispatcher_empty") as url:
+        yield url
 
 
 @pytest.fixture
@@ -364,9 +371,10 @@ async def eventually(
 
 @asynccontextmanager
 async def daemon_process(
-    dsn: str, stdout: int = asyncio.subprocess.PIPE, **env: str
+    dsn: str, stdout: int = asyncio.subprocess.PIPE, args: Sequence[str] = ("run",), **env: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run `dispatcher run` as a real process on `dsn`; kill it if the test leaves it running.
+    """Run `dispatcher run` (or `dispatcher ARGS`) as a real process on `dsn`; kill it if the
+    test leaves it running.
 
     It sees none of the caller's DISPATCHER_* variables, only loopback-friendly test settings
     and `env`. With stdout=PIPE, its JSON log lines (and stderr) can be read from proc.stdout.
@@ -384,7 +392,7 @@ async def daemon_process(
         sys.executable,
         "-m",
         "dispatcher",
-        "run",
+        *args,
         env=environ,
         stdout=stdout,
         stderr=asyncio.subprocess.STDOUT if stdout == asyncio.subprocess.PIPE else stdout,

@@ -8,15 +8,14 @@ release left behind.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from typing import Any
 
 import asyncpg
 import pytest
 
 from dispatcher.ops import migrate
+from tests.conftest import daemon_process
 from tests.test_lifecycle import read_log_until
 
 pytestmark = pytest.mark.slow
@@ -30,25 +29,6 @@ SELECT (SELECT coalesce(array_agg(c.table_name || '.' || c.column_name ORDER BY 
        to_regclass('dispatcher.schema_migrations') IS NOT NULL AS has_migrations_table
 """
 APPLIED = "SELECT version, name, applied_at FROM dispatcher.schema_migrations ORDER BY version"
-
-
-async def dispatcher(dsn: str, *args: str) -> asyncio.subprocess.Process:
-    """Start `dispatcher ARGS` on `dsn` with none of the caller's DISPATCHER_* variables."""
-    environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
-        "DISPATCHER_DATABASE_URL": dsn,
-        "DISPATCHER_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "DISPATCHER_LOG_FORMAT": "json",
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        *args,
-        env=environ,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
 
 
 async def finished(proc: asyncio.subprocess.Process) -> tuple[int, list[str]]:
@@ -96,7 +76,8 @@ async def test_an_outdated_schema_is_refused_and_left_as_it_is(
     before = await schema(empty_dsn)
     assert [v for v, _, _ in before["applied"]] == [m.version for m in older]
 
-    code, lines = await finished(await dispatcher(empty_dsn, "run", "--no-migrate"))
+    async with daemon_process(empty_dsn, args=("run", "--no-migrate")) as proc:
+        code, lines = await finished(proc)
 
     assert code == 1, lines
     assert refusal(lines) == (
@@ -106,19 +87,21 @@ async def test_an_outdated_schema_is_refused_and_left_as_it_is(
     assert await schema(empty_dsn) == before
 
     # What it says to do works, and then the same command starts.
-    code, lines = await finished(await dispatcher(empty_dsn, "migrate"))
-    assert (code, lines) == (0, [f"applied {last.version:03d}_{last.name}"])
-    proc = await dispatcher(empty_dsn, "run", "--no-migrate")
-    try:
-        await read_log_until(proc, "daemon_started")
-        proc.send_signal(signal.SIGTERM)
-    finally:
+    async with daemon_process(empty_dsn, args=("migrate",)) as proc:
         code, lines = await finished(proc)
+    assert (code, lines) == (0, [f"applied {last.version:03d}_{last.name}"])
+    async with daemon_process(empty_dsn, args=("run", "--no-migrate")) as proc:
+        try:
+            await read_log_until(proc, "daemon_started")
+            proc.send_signal(signal.SIGTERM)
+        finally:
+            code, lines = await finished(proc)
     assert code == 0, lines
 
 
 async def test_an_empty_database_is_refused_and_left_empty(empty_dsn: str) -> None:
-    code, lines = await finished(await dispatcher(empty_dsn, "run", "--no-migrate"))
+    async with daemon_process(empty_dsn, args=("run", "--no-migrate")) as proc:
+        code, lines = await finished(proc)
 
     assert code == 1, lines
     names = ", ".join(f"{m.version:03d}_{m.name}" for m in migrate.migrations())
